@@ -1,0 +1,71 @@
+//! Command-line surface: every flag also reads a `KEEL_*` environment variable.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Keel: job scheduler, distributed rate limiter and chat server in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every role shares.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Log filter (`info`, `keel_limit=debug`, ...).
+    #[arg(long, env = "KEEL_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// `pretty` or `json`; default: pretty on a terminal, JSON otherwise.
+    #[arg(long, env = "KEEL_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// URL to probe, e.g. http://127.0.0.1:8080/healthz
+    pub url: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s", value_parser = keel_core::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    keel_core::telemetry::init_logging(
+        &cli.global.log,
+        keel_core::telemetry::LogFormat::from_setting(cli.global.log_format.as_deref()),
+    );
+    match cli.command {
+        Command::Health(args) => health(args).await,
+    }
+}
+
+async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(args.timeout)
+        .build()
+        .context("building HTTP client")?;
+    match client.get(&args.url).send().await {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => Ok(ExitCode::SUCCESS),
+        Ok(response) => {
+            eprintln!("keel health: {} answered {}", args.url, response.status());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(error) => {
+            eprintln!("keel health: {}: {error}", args.url);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
