@@ -31,6 +31,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
     Health(HealthArgs),
+    /// Every role in one process on the in-memory engines (`--redis URL` for Redis).
+    Dev(crate::dev_cmd::DevArgs),
     /// Rate limiter.
     #[command(subcommand)]
     Limit(crate::limit_cmd::LimitCommand),
@@ -105,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::limit_cmd::serve(args, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dev(args) => crate::dev_cmd::run(args).await,
         Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
     }
 }

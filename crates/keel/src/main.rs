@@ -1,6 +1,7 @@
 //! `keel`: one binary, every role. This file only parses arguments and wires crates together.
 
 mod cli;
+mod dev_cmd;
 mod limit_cmd;
 
 use clap::Parser;
