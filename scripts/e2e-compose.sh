@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# End-to-end test of the Compose stack (deploy/compose.yaml) on a real Docker engine: part of
+# `make test`. Without a Docker engine it is skipped, unless KEEL_REQUIRE_DOCKER=1 (set by .ci/run),
+# which makes that a failure.
+#
+# Own Compose project and free published ports on 127.0.0.1, so it never collides with `make up`.
+# Builds the binary and images (a revision's image is reused when it exists), brings the stack up
+# and waits until every service is healthy (timed), asserts the image (size <= 15 MB, labels,
+# non-root), gets decisions from the limit service through its port, restarts Redis (AOF keeps the
+# limiter's state; the service recovers without a restart) and, when the image has the job roles,
+# submits 2,000 jobs through the master's port, SIGKILLs a worker and restarts Redis mid-run, and
+# waits until every job has succeeded. Tears everything down, volumes included, whatever happens.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "e2e-compose: ok: $*"; }
+fail() {
+  failed=$((failed + 1))
+  echo "e2e-compose: FAILED: $*" >&2
+  exit 1
+}
+
+compose_found=0
+if [ -n "${KEEL_COMPOSE:-}" ] || docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; then
+  compose_found=1
+fi
+if ! docker info >/dev/null 2>&1 || [ "$compose_found" = 0 ]; then
+  if [ "${KEEL_REQUIRE_DOCKER:-0}" = 1 ]; then
+    echo "e2e-compose: FAILED: KEEL_REQUIRE_DOCKER=1 but no Docker engine (or no Compose) is usable" >&2
+    echo "e2e-compose: 0 passed, 1 failed"
+    exit 1
+  fi
+  echo "e2e-compose: skipped: no Docker engine (KEEL_REQUIRE_DOCKER=1 makes this a failure)"
+  exit 0
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export KEEL_PROJECT="keel-e2e-$$"
+export KEEL_PUBLISH_ADDR=127.0.0.1
+export KEEL_LIMIT_PORT="${KEEL_E2E_LIMIT_PORT:-$(free_port)}"
+export KEEL_MASTER_PORT="${KEEL_E2E_MASTER_PORT:-$(free_port)}"
+export KEEL_IRC_PORT="${KEEL_E2E_IRC_PORT:-$(free_port)}"
+export KEEL_CHAT_PORT="${KEEL_E2E_CHAT_PORT:-$(free_port)}"
+export KEEL_WORKERS="${KEEL_E2E_WORKERS:-3}"
+unset KEEL_PROFILES
+stack() { bash scripts/stack.sh "$@"; }
+log=$(mktemp)
+
+cleanup() {
+  local code=$?
+  if [ "$code" != 0 ] || [ "$failed" != 0 ]; then
+    echo "e2e-compose: service logs (last 40 lines each):" >&2
+    stack logs --tail 40 >&2 2>&1 || true
+  fi
+  stack down >/dev/null 2>&1 || stack down || true
+  if docker volume ls -q | grep -q "^${KEEL_PROJECT}_"; then
+    echo "e2e-compose: FAILED: volumes left behind: $(docker volume ls -q | grep "^${KEEL_PROJECT}_")" >&2
+    code=1
+    failed=$((failed + 1))
+  fi
+  rm -f "$log"
+  if [ "$code" != 0 ] && [ "$failed" = 0 ]; then failed=1; fi
+  echo "e2e-compose: $passed passed, $failed failed"
+  exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- up ----------------------------------------------------------------------------------------
+echo "e2e-compose: project $KEEL_PROJECT, ports limit $KEEL_LIMIT_PORT master $KEEL_MASTER_PORT irc $KEEL_IRC_PORT chat $KEEL_CHAT_PORT"
+stack up 2>&1 | tee "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || fail "the stack did not come up healthy"
+up_time=$(sed -n 's/^stack: up to all healthy in \(.*\) s$/\1/p' "$log")
+image=$(sed -n "s/^stack: project [^,]*, image \([^,]*\), .*/\1/p" "$log")
+profiles=$(sed -n "s/^stack: project .*, profiles '\(.*\)'$/\1/p" "$log")
+ok "stack healthy in ${up_time} s (image $image, profiles '${profiles}')"
+cid() { stack compose ps -q "$1" | head -n1; }
+
+# --- the image ---------------------------------------------------------------------------------
+size=$(docker image inspect -f '{{.Size}}' "$image")
+[ "$size" -le 15000000 ] || fail "image $image is $size bytes, over 15 MB"
+ok "image $image is $size bytes ($((size / 1000)) kB) <= 15 MB"
+revision=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.revision"}}' "$image")
+case "$revision" in
+  "$(git rev-parse HEAD)"*) ok "image label org.opencontainers.image.revision=$revision" ;;
+  *) fail "image revision label '$revision' is not HEAD $(git rev-parse HEAD)" ;;
+esac
+user=$(docker image inspect -f '{{.Config.User}}' "$image")
+[ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "${user%%:*}" != root ] || fail "image runs as '$user'"
+ok "image runs as user $user"
+
+# --- rate limiter through its published port ---------------------------------------------------
+limit="http://127.0.0.1:$KEEL_LIMIT_PORT"
+check() { curl -fsS --max-time 5 "$limit/v1/check" -H 'content-type: application/json' -d "{\"rule\": \"$1\", \"key\": \"$2\"}"; }
+decision=$(check api "e2e-$$") || fail "POST /v1/check failed"
+[ "$(jq -r .allowed <<<"$decision")" = true ] && [ "$(jq -r .source <<<"$decision")" = redis ] ||
+  fail "unexpected decision: $decision"
+ok "limit service decision through port $KEEL_LIMIT_PORT: $decision"
+for i in 1 2 3 4 5; do
+  [ "$(check login "e2e-$$" | jq -r .allowed)" = true ] || fail "login attempt $i denied"
+done
+denied=$(check login "e2e-$$")
+[ "$(jq -r .allowed <<<"$denied")" = false ] || fail "6th login attempt in a minute allowed: $denied"
+ok "rule login (5/min): 5 allowed, the 6th denied: $denied"
+
+# Service names resolve inside the FROM-scratch image (static glibc: /etc/hosts, Docker's DNS).
+docker exec "$(cid limit)" keel health http://limit:8081/healthz || fail "keel health http://limit:8081/healthz inside the limit container"
+docker exec "$(cid limit)" keel health "http://${KEEL_PROJECT}_limit_1:8081/healthz" 2>/dev/null ||
+  docker exec "$(cid limit)" keel health "http://${KEEL_PROJECT}-limit-1:8081/healthz" ||
+  fail "container name does not resolve"
+ok "service and container names resolve inside the scratch image"
+
+# --- Redis restart: AOF keeps state, the limit service recovers by itself ------------------------
+t0=$SECONDS
+docker restart "$(cid redis)" >/dev/null || fail "docker restart redis"
+until [ "$(docker inspect -f '{{.State.Health.Status}}' "$(cid redis)")" = healthy ]; do
+  [ $((SECONDS - t0)) -lt 60 ] || fail "Redis not healthy 60 s after a restart"
+  sleep 0.5
+done
+source=""
+until [ "$source" = redis ]; do
+  [ $((SECONDS - t0)) -lt 60 ] || fail "limit service not back on Redis 60 s after a Redis restart"
+  after=$(check login "e2e-$$") && source=$(jq -r .source <<<"$after")
+  [ "$source" = redis ] || sleep 0.5
+done
+[ "$(jq -r .allowed <<<"$after")" = false ] || fail "the limiter's state did not survive a Redis restart: $after"
+ok "after a Redis restart ($((SECONDS - t0)) s) the key is still limited (AOF volume): $after"
+
+# --- jobs: 2,000 through the master, a worker SIGKILLed and Redis restarted mid-run -------------
+case ",$profiles," in
+  *,jobs,*)
+    workers=$(stack compose ps -q worker | wc -l)
+    [ "$workers" = "$KEEL_WORKERS" ] || fail "$workers workers running, expected $KEEL_WORKERS"
+    victim=$(stack compose ps -q worker | head -n1)
+    python3 scripts/e2e_jobs.py "http://127.0.0.1:$KEEL_MASTER_PORT" --jobs 2000 \
+      --kill-cmd "docker kill $victim >/dev/null" \
+      --restart-cmd "docker restart $(cid redis) >/dev/null" || fail "jobs phase"
+    ok "2,000 jobs succeeded through the master with a worker SIGKILLed and Redis restarted mid-run"
+    ;;
+  *)
+    echo "e2e-compose: note: the image has no master/worker roles yet: the jobs phase is not run"
+    ;;
+esac
+
+# --- every service still healthy ---------------------------------------------------------------
+sleep 1
+for id in $(stack compose ps -q); do
+  state=$(docker inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")
+  case "$state" in
+    *" running healthy" | *" exited "*) ;;
+    *) echo "e2e-compose: warning: $state" ;;
+  esac
+done
+echo "e2e-compose: up to all healthy: ${up_time} s; image $image: $size bytes"
