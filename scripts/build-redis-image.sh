@@ -75,7 +75,7 @@ LABEL org.opencontainers.image.title="keel-redis" \\
       org.opencontainers.image.version="${version}" \\
       org.opencontainers.image.created="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 HEALTHCHECK --interval=2s --timeout=2s --retries=15 CMD ["redis-cli", "ping"]
-# No ENTRYPOINT: like the official redis image, the command starts with `redis-server`, so
+# No ENTRYPOINT: like the official redis image, the command starts with redis-server, so
 # deploy/compose.yaml runs either image with the same command.
 CMD ["redis-server", "--appendonly", "yes", "--dir", "/data", "--protected-mode", "no"]
 DOCKERFILE
