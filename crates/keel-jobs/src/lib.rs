@@ -3,9 +3,11 @@
 //! dashboard, cron, delayed-job promotion, reaper).
 
 pub mod engine;
+pub mod kinds;
 pub mod memory;
 pub mod model;
 pub mod redis_engine;
+pub mod worker;
 
 pub use engine::{Engine, EngineConfig, EngineError, EngineResult, ListFilter};
 pub use memory::MemoryEngine;
@@ -14,3 +16,4 @@ pub use model::{
     QueueStats, Schedule, WorkerInfo,
 };
 pub use redis_engine::RedisEngine;
+pub use worker::{Handler, JobContext, JobError, Registry, Worker, WorkerConfig};
