@@ -2,8 +2,10 @@
 //! implementation, the worker runtime with its built-in kinds, and the master (HTTP API,
 //! dashboard, cron, delayed-job promotion, reaper).
 
+pub mod cron;
 pub mod engine;
 pub mod kinds;
+pub mod master;
 pub mod memory;
 pub mod model;
 pub mod redis_engine;
