@@ -31,6 +31,14 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
     Health(HealthArgs),
+    /// Job scheduler master: HTTP API, dashboard, cron, delayed-job promotion, reaper.
+    Master(crate::jobs_cmd::MasterArgs),
+    /// Job worker: runs jobs from Redis queues.
+    Worker(crate::jobs_cmd::WorkerArgs),
+    /// Command-line client of the master API.
+    Job(crate::jobs_cmd::JobArgs),
+    /// Load generators.
+    Bench(crate::bench_jobs::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +57,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     match cli.command {
         Command::Health(args) => health(args).await,
+        Command::Master(args) => crate::jobs_cmd::master(args).await,
+        Command::Worker(args) => crate::jobs_cmd::worker(args).await,
+        Command::Job(args) => crate::jobs_cmd::job(args).await,
+        Command::Bench(args) => crate::bench_jobs::bench(args).await,
     }
 }
 

@@ -1,6 +1,8 @@
 //! `keel`: one binary, every role. This file only parses arguments and wires crates together.
 
+mod bench_jobs;
 mod cli;
+mod jobs_cmd;
 
 use clap::Parser;
 
