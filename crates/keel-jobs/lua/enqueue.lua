@@ -38,7 +38,7 @@ for _ = 1, n do
       redis.call('ZADD', base .. 'scheduled', at, id)
     else
       redis.call('HSET', key, 'spec', spec, 'p', p, 'max', max, 'uk', uk, 'st', 'queued',
-        'att', 0, 'ca', now, 'ra', now, 'ea', now)
+        'att', 0, 'ca', now, 'ra', at, 'ea', now)
       local list = ready[p]
       if not list then
         list = {}

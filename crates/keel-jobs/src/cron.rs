@@ -39,14 +39,15 @@ impl CronSpec {
     /// Fire times `t` with `after < t <= until` (ms), oldest first, at most `max`.
     pub fn ticks_between(&self, after: i64, until: i64, max: usize) -> Vec<i64> {
         let mut out = Vec::new();
-        let Some(mut cursor) = self.tz.timestamp_millis_opt(after).single() else {
+        // Cron has one-second resolution: start from the whole second.
+        let Some(mut cursor) = self.tz.timestamp_opt(after.div_euclid(1000), 0).single() else {
             return out;
         };
         while out.len() < max {
             let Ok(next) = self.cron.find_next_occurrence(&cursor, false) else {
                 break;
             };
-            let ms = next.timestamp_millis();
+            let ms = next.timestamp() * 1000;
             if ms > until {
                 break;
             }
@@ -58,11 +59,11 @@ impl CronSpec {
 
     /// The next fire time after `after` (ms).
     pub fn next_after(&self, after: i64) -> Option<i64> {
-        let cursor = self.tz.timestamp_millis_opt(after).single()?;
+        let cursor = self.tz.timestamp_opt(after.div_euclid(1000), 0).single()?;
         self.cron
             .find_next_occurrence(&cursor, false)
             .ok()
-            .map(|t| t.timestamp_millis())
+            .map(|t| t.timestamp() * 1000)
     }
 }
 
@@ -198,10 +199,10 @@ async fn fire_due(
             {
                 continue;
             }
+            // The job's run_at records the tick it fires for.
             let mut job = schedule.job.clone();
-            if job.unique_key.is_none() {
-                job.unique_key = Some(format!("cron:{}:{tick}", schedule.name));
-            }
+            job.run_at = Some(tick);
+            job.delay_ms = 0;
             let enqueued = engine.enqueue(vec![job]).await?;
             metrics::counter!("keel_jobs_cron_fired_total", "schedule" => schedule.name.clone())
                 .increment(1);

@@ -408,7 +408,7 @@ pub async fn run_maintenance(engine: Arc<dyn Engine>, interval: Duration, shutdo
                 Ok(_) => {}
                 Err(e) => tracing::warn!(queue = %q.name, error = %e, "reap failed"),
             }
-            if rounds % 4 == 0 {
+            if rounds.is_multiple_of(4) {
                 for (state, value) in [
                     ("queued", q.queued),
                     ("scheduled", q.scheduled),

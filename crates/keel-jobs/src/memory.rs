@@ -187,7 +187,7 @@ impl Engine for MemoryEngine {
                 attempts: 0,
                 max_attempts: spec.max_attempts,
                 timeout_ms: spec.timeout_ms,
-                run_at: Some(if delayed { run_at } else { now }),
+                run_at: Some(run_at),
                 unique_key: spec.unique_key,
                 created_at: now,
                 enqueued_at: (!delayed).then_some(now),

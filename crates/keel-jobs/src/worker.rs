@@ -291,7 +291,7 @@ impl Worker {
             if let Some(e) = error.filter(|_| jobs.is_empty()) {
                 failures += 1;
                 let delay = backoff_delay(failures);
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, retry_in = ?delay, "fetch failed; backing off");
                 }
                 drop(permits);
@@ -503,7 +503,7 @@ async fn ack_loop(
         let mut failed_queues = Vec::new();
         for (queue, batch) in by_queue {
             if let Err(e) = engine.complete(queue, &batch).await {
-                if failures == 0 || failures % 20 == 0 {
+                if failures == 0 || failures.is_multiple_of(20) {
                     tracing::warn!(queue, error = %e, held = pending.len(), "ack failed; holding results and retrying");
                 }
                 failed_queues.push(queue.to_string());

@@ -1,5 +1,7 @@
 //! The master's HTTP API on the memory engine: status codes, problem bodies, bearer token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use axum::body::Body;

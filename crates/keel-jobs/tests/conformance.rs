@@ -1,6 +1,8 @@
 //! One conformance suite, run against both engines: the memory engine and the Redis engine on
 //! a private `redis-server`. Every behaviour a user can observe must match.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! The worker runtime against a real Redis: backlog, shell timeouts and cancels that kill the
 //! whole process group, output capture, graceful hand-back.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

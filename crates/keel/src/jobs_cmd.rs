@@ -353,7 +353,7 @@ impl Client {
 
 fn ms_to_text(v: &Value) -> String {
     v.as_i64()
-        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms))
+        .and_then(chrono::DateTime::from_timestamp_millis)
         .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default()
 }
