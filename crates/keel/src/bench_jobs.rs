@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use keel_core::Shutdown;
 use keel_jobs::model::now_us;
 use keel_jobs::{
@@ -17,18 +17,6 @@ use keel_jobs::{
 use keel_redis::redis;
 use keel_redis::{RedisHandle, RedisSettings};
 use serde_json::json;
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// No-op jobs end to end (enqueue + fetch + ack) against the naive BLMOVE/LREM queue.
-    Jobs(BenchJobsArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct BenchJobsArgs {
@@ -57,12 +45,6 @@ pub struct BenchJobsArgs {
     /// Print a JSON array instead of a summary.
     #[arg(long)]
     pub json: bool,
-}
-
-pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        BenchCommand::Jobs(args) => bench_jobs(args).await,
-    }
 }
 
 struct Measured {
@@ -325,7 +307,7 @@ async fn run_baseline(args: &BenchJobsArgs, prefix: &str) -> anyhow::Result<Meas
     })
 }
 
-async fn bench_jobs(args: BenchJobsArgs) -> anyhow::Result<ExitCode> {
+pub async fn bench_jobs(args: BenchJobsArgs) -> anyhow::Result<ExitCode> {
     if args.jobs == 0 || args.workers == 0 {
         anyhow::bail!("--jobs and --workers must be positive");
     }

@@ -31,14 +31,66 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
     Health(HealthArgs),
+    /// Every role in one process on the in-memory engines (`--redis URL` for Redis).
+    Dev(crate::dev_cmd::DevArgs),
+    /// Rate limiter.
+    #[command(subcommand)]
+    Limit(crate::limit_cmd::LimitCommand),
+    /// Load generators: Keel against a baseline in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Job scheduler master: HTTP API, dashboard, cron, delayed-job promotion, reaper.
     Master(crate::jobs_cmd::MasterArgs),
     /// Job worker: runs jobs from Redis queues.
     Worker(crate::jobs_cmd::WorkerArgs),
-    /// Command-line client of the master API.
+    /// Command-line client of the job master's API.
     Job(crate::jobs_cmd::JobArgs),
-    /// Load generators.
-    Bench(crate::bench_jobs::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Rate-limit decisions per second: Redis and memory engines against their baselines.
+    Limit(crate::limit_cmd::LimitBenchArgs),
+    /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
+    Jobs(crate::bench_jobs::BenchJobsArgs),
+}
+
+/// Where a role keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Shared state in Redis: many nodes.
+    Redis,
+    /// In-process state: one node, no Redis needed.
+    Memory,
+}
+
+/// How to reach Redis (shared by every role).
+#[derive(Debug, Args, Clone)]
+pub struct RedisArgs {
+    /// Redis URL (`redis://`, `rediss://`, passwords).
+    #[arg(
+        long = "redis",
+        env = "KEEL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "KEEL_KEY_PREFIX", default_value = "keel")]
+    pub key_prefix: String,
+    /// Longest wait for one Redis reply.
+    #[arg(long, env = "KEEL_REDIS_TIMEOUT", default_value = "500ms", value_parser = keel_core::parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl RedisArgs {
+    pub fn settings(&self) -> keel_redis::RedisSettings {
+        keel_redis::RedisSettings {
+            url: self.url.clone(),
+            key_prefix: self.key_prefix.clone(),
+            response_timeout: self.redis_timeout,
+            connect_timeout: self.redis_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -55,12 +107,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         &cli.global.log,
         keel_core::telemetry::LogFormat::from_setting(cli.global.log_format.as_deref()),
     );
+    let _ = keel_core::telemetry::metrics_handle();
     match cli.command {
         Command::Health(args) => health(args).await,
+        Command::Limit(crate::limit_cmd::LimitCommand::Serve(args)) => {
+            let shutdown = keel_core::Shutdown::on_signals();
+            crate::limit_cmd::serve(args, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev(args) => crate::dev_cmd::run(args).await,
+        Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
+        Command::Bench(BenchCommand::Jobs(args)) => crate::bench_jobs::bench_jobs(args).await,
         Command::Master(args) => crate::jobs_cmd::master(args).await,
         Command::Worker(args) => crate::jobs_cmd::worker(args).await,
         Command::Job(args) => crate::jobs_cmd::job(args).await,
-        Command::Bench(args) => crate::bench_jobs::bench(args).await,
     }
 }
 

@@ -2,7 +2,9 @@
 
 mod bench_jobs;
 mod cli;
+mod dev_cmd;
 mod jobs_cmd;
+mod limit_cmd;
 
 use clap::Parser;
 
