@@ -1,0 +1,36 @@
+-- Re-queue jobs whose lease expired (their worker is gone); past max_attempts they die.
+-- Also drops dead-set entries older than the dead retention. Both bounded by ARGV[1].
+-- KEYS[1] = queue base; ARGV = limit, dead_retention_ms, recent_cap
+local base = KEYS[1]
+local limit, dead_retention, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', base .. 'inflight', '-inf', now, 'LIMIT', 0, limit)
+local n = 0
+for _, id in ipairs(expired) do
+  redis.call('ZREM', base .. 'inflight', id)
+  local key = base .. 'job:' .. id
+  local f = redis.call('HMGET', key, 'st', 'att', 'max', 'p', 'uk')
+  if f[1] == 'running' then
+    n = n + 1
+    if tonumber(f[2]) >= tonumber(f[3]) then
+      redis.call('HSET', key, 'st', 'dead', 'err', 'lease expired: worker lost', 'fa', now)
+      redis.call('PEXPIRE', key, dead_retention)
+      redis.call('ZADD', base .. 'dead', now, id)
+      redis.call('HINCRBY', base .. 'stats', 'dead', 1)
+      redis.call('LPUSH', base .. 'recent', id)
+      redis.call('LTRIM', base .. 'recent', 0, cap - 1)
+      if f[5] and f[5] ~= '' then
+        local ukey = base .. 'uniq:' .. f[5]
+        if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+      end
+    else
+      redis.call('HSET', key, 'st', 'queued', 'err', 'lease expired: worker lost', 'ea', now)
+      redis.call('LPUSH', base .. 'ready:' .. f[4], id)
+      redis.call('ZADD', base .. 'prios', -tonumber(f[4]), f[4])
+    end
+  end
+end
+local old = redis.call('ZRANGEBYSCORE', base .. 'dead', '-inf', now - dead_retention, 'LIMIT', 0, limit)
+if #old > 0 then redis.call('ZREM', base .. 'dead', unpack(old)) end
+return n

@@ -1,0 +1,19 @@
+-- Hand leased jobs back (graceful shutdown): to the front of their ready list, attempt not counted.
+-- KEYS[1] = queue base; ARGV = id, attempt pairs (at most 1000 pairs)
+local base = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = 0
+for i = 1, #ARGV, 2 do
+  local id, att = ARGV[i], ARGV[i + 1]
+  local key = base .. 'job:' .. id
+  local f = redis.call('HMGET', key, 'st', 'att', 'p')
+  if f[1] == 'running' and f[2] == att then
+    redis.call('ZREM', base .. 'inflight', id)
+    redis.call('HSET', key, 'st', 'queued', 'att', tonumber(att) - 1, 'ea', now)
+    redis.call('LPUSH', base .. 'ready:' .. f[3], id)
+    redis.call('ZADD', base .. 'prios', -tonumber(f[3]), f[3])
+    n = n + 1
+  end
+end
+return n
