@@ -59,6 +59,8 @@ impl<E: ChatEngine> ChatServer<E> {
                 ))
             }
         };
+        // Installs the process-wide Prometheus recorder before the first metric is recorded.
+        let _ = keel_core::telemetry::metrics_handle();
         let shared = Arc::new(Shared::new(config, engine));
         let irc_addr = irc.local_addr()?;
         let mut tasks = JoinSet::new();

@@ -31,6 +31,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
     Health(HealthArgs),
+    /// Chat server: IRC over TCP and WebSocket, presence, history.
+    Chat(crate::chat_cmd::ChatArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     match cli.command {
         Command::Health(args) => health(args).await,
+        Command::Chat(args) => crate::chat_cmd::run(args).await,
     }
 }
 
