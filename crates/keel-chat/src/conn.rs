@@ -19,7 +19,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::client::{cap, ClientHandle};
 use crate::engine::ChatEngine;
 use crate::session::Session;
-use crate::shared::{Bucket, Shared};
+use crate::shared::Shared;
 
 /// Bytes read from a socket at a time; the read buffer grows past this only for a long line.
 const READ_CHUNK: usize = 512;
@@ -160,7 +160,6 @@ pub async fn run<E: ChatEngine, T: Transport>(
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
-    let mut flood = Bucket::full(cfg.limits.command_burst);
     let mut lines: Vec<String> = Vec::with_capacity(8);
     tracing::debug!(id = handle.id, %peer, "connection opened");
 
@@ -178,8 +177,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
                 break;
             };
             if flood_on {
-                let rate = cfg.limits.commands_per_sec;
-                if let Err(wait) = flood.take(rate, cfg.limits.command_burst, Instant::now()) {
+                if let Err(wait) = shared.command_gate(handle.id).await {
                     pending.push_front(line);
                     hold = Some(Instant::now() + wait);
                     break;

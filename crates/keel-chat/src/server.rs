@@ -151,7 +151,7 @@ async fn accept_loop<E: ChatEngine>(
                 }
             },
         };
-        if let Err((reason, wait)) = shared.admit(peer.ip()) {
+        if let Err((reason, wait)) = shared.admit(peer.ip()).await {
             metrics::counter!("keel_chat_refused_total").increment(1);
             // Cheap: one non-blocking write, then the socket is dropped.
             let _ = stream.try_write(refusal(reason, wait).as_bytes());
@@ -220,7 +220,7 @@ async fn ws_upgrade<E: ChatEngine>(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Err((reason, wait)) = state.shared.admit(peer.ip()) {
+    if let Err((reason, wait)) = state.shared.admit(peer.ip()).await {
         metrics::counter!("keel_chat_refused_total").increment(1);
         let text = refusal(reason, wait);
         return (

@@ -1,12 +1,10 @@
 //! State of one chat node that every connection task shares.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use tokio::time::Instant;
+use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
 
 use crate::client::Hub;
 use crate::config::Config;
@@ -15,62 +13,28 @@ use crate::util::MsgIds;
 
 pub const VERSION: &str = concat!("keel-", env!("CARGO_PKG_VERSION"));
 
-/// A token bucket (the accept-rate and per-client command gates).
-#[derive(Debug, Clone)]
-pub struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    pub fn full(burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            last: Instant::now(),
-        }
+/// A token-bucket limit of `rate` per second with `burst`; `None` when `rate` is zero (off).
+fn rate_limit(name: &str, rate: f64, burst: u32) -> Option<Limit> {
+    if rate <= 0.0 || !rate.is_finite() {
+        return None;
     }
-
-    fn refill(&mut self, rate: f64, burst: u32, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(f64::from(burst));
-        self.last = now;
-    }
-
-    /// Takes one token; on refusal, how long until one is there.
-    pub fn take(&mut self, rate: f64, burst: u32, now: Instant) -> Result<(), Duration> {
-        self.refill(rate, burst, now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
-        }
-    }
-
-    /// Takes one token even into debt (down to `-burst`); returns the debt as a wait.
-    /// `None` when the debt limit is passed (the client floods).
-    pub fn penalise(&mut self, rate: f64, burst: u32, now: Instant) -> Option<Duration> {
-        self.refill(rate, burst, now);
-        self.tokens -= 1.0;
-        if self.tokens < -f64::from(burst) {
-            return None;
-        }
-        if self.tokens >= 0.0 {
-            Some(Duration::ZERO)
-        } else {
-            Some(Duration::from_secs_f64(-self.tokens / rate))
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Admission {
-    global: Bucket,
-    per_ip: HashMap<IpAddr, Bucket>,
+    let (limit, period_us) = if rate >= 1.0 {
+        (rate.round() as u64, 1_000_000)
+    } else {
+        (1, (1_000_000.0 / rate) as u64)
+    };
+    let spec = LimitSpec::new(
+        Algorithm::TokenBucket,
+        limit,
+        period_us,
+        Some(u64::from(burst.max(1))),
+    )
+    .map_err(|e| tracing::warn!(limit = name, error = %e, "invalid limit; turned off"))
+    .ok()?;
+    Some(Limit::new(name.to_owned(), spec))
 }
 
 /// The node: configuration, engine, local connections.
-#[derive(Debug)]
 pub struct Shared<E> {
     pub config: Config,
     pub engine: E,
@@ -79,12 +43,22 @@ pub struct Shared<E> {
     pub created: String,
     next_id: AtomicU64,
     pub unregistered: AtomicUsize,
-    admission: Mutex<Admission>,
+    limiter: Limiter,
+    accept_global: Option<Limit>,
+    accept_ip: Option<Limit>,
+    commands: Option<Limit>,
 }
 
 impl<E: ChatEngine> Shared<E> {
     pub fn new(config: Config, engine: E) -> Self {
-        let burst = config.limits.accept_burst;
+        let l = &config.limits;
+        let accept_global = rate_limit("chat_accept", l.accepts_per_sec, l.accept_burst);
+        let accept_ip = rate_limit(
+            "chat_accept_ip",
+            l.accepts_per_ip_per_sec,
+            l.accept_burst.clamp(1, 20),
+        );
+        let commands = rate_limit("chat_commands", l.commands_per_sec, l.command_burst);
         Self {
             config,
             engine,
@@ -93,10 +67,10 @@ impl<E: ChatEngine> Shared<E> {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             next_id: AtomicU64::new(1),
             unregistered: AtomicUsize::new(0),
-            admission: Mutex::new(Admission {
-                global: Bucket::full(burst),
-                per_ip: HashMap::new(),
-            }),
+            limiter: Limiter::memory(),
+            accept_global,
+            accept_ip,
+            commands,
         }
     }
 
@@ -105,31 +79,52 @@ impl<E: ChatEngine> Shared<E> {
     }
 
     /// Admission on accept: `Err(reason, retry hint)` when the connection must be refused.
-    pub fn admit(&self, ip: IpAddr) -> Result<(), (&'static str, Duration)> {
+    pub async fn admit(&self, ip: IpAddr) -> Result<(), (&'static str, Duration)> {
         let limits = &self.config.limits;
         if limits.max_unregistered > 0
             && self.unregistered.load(Ordering::Relaxed) >= limits.max_unregistered
         {
             return Err(("Too many unregistered connections", Duration::from_secs(5)));
         }
-        let now = Instant::now();
-        let mut adm = self.admission.lock();
-        if limits.accepts_per_sec > 0.0 {
-            adm.global
-                .take(limits.accepts_per_sec, limits.accept_burst, now)
-                .map_err(|wait| ("Server is busy", wait))?;
+        let ip_key = ip.to_string();
+        let mut checks: Vec<(&Limit, &str, u64)> = Vec::with_capacity(2);
+        if let Some(l) = &self.accept_global {
+            checks.push((l, "all", 1));
         }
-        if limits.accepts_per_ip_per_sec > 0.0 {
-            if adm.per_ip.len() > 100_000 {
-                adm.per_ip.clear();
+        if let Some(l) = &self.accept_ip {
+            checks.push((l, ip_key.as_str(), 1));
+        }
+        if checks.is_empty() {
+            return Ok(());
+        }
+        match self.limiter.check_all(&checks).await {
+            Ok(r) if r.allowed => Ok(()),
+            Ok(r) => {
+                let wait = Duration::from_micros(r.decision.retry_after_us);
+                let ip_denied =
+                    r.decisions.last().is_some_and(|d| !d.allowed) && self.accept_ip.is_some();
+                Err(if ip_denied {
+                    ("Too many connections from your address", wait)
+                } else {
+                    ("Server is busy", wait)
+                })
             }
-            let burst = limits.accept_burst.clamp(1, 20);
-            adm.per_ip
-                .entry(ip)
-                .or_insert_with(|| Bucket::full(burst))
-                .take(limits.accepts_per_ip_per_sec, burst, now)
-                .map_err(|wait| ("Too many connections from your address", wait))?;
+            Err(e) => {
+                tracing::warn!(error = %e, "admission check failed; admitting");
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Per-client command rate: `Ok` to run the next command now, `Err(wait)` to hold it.
+    pub async fn command_gate(&self, id: ClientId) -> Result<(), Duration> {
+        let Some(limit) = &self.commands else {
+            return Ok(());
+        };
+        match self.limiter.check(limit, &id.to_string(), 1).await {
+            Ok(r) if r.allowed => Ok(()),
+            Ok(r) => Err(Duration::from_micros(r.decision.retry_after_us.max(1000))),
+            Err(_) => Ok(()),
+        }
     }
 }

@@ -87,6 +87,33 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a hung
+    /// or partitioned Redis. [`RedisServer::thaw`] resumes it.
+    pub fn freeze(&self) -> Result<(), TestkitError> {
+        self.signal("-STOP")
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) -> Result<(), TestkitError> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> Result<(), TestkitError> {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()?;
+            if !status.success() {
+                return Err(TestkitError::Cli(
+                    vec!["kill".into(), signal.into()],
+                    status.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the server again on the same port and directory (an AOF server keeps its data).
     pub fn start_again(&mut self) -> Result<(), TestkitError> {
         if self.child.is_some() {
@@ -182,6 +209,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        let _ = self.thaw();
         self.stop();
     }
 }

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use keel_chat::{ChatServer, Config, MemoryEngine};
 use keel_core::Shutdown;
+
+use crate::cli::Engine;
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -20,12 +22,6 @@ pub struct ChatArgs {
 pub enum ChatCommand {
     /// Serve IRC on --irc-listen and WebSocket, web client and admin on --http-listen.
     Serve(ChatServeArgs),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    Memory,
-    Redis,
 }
 
 #[derive(Debug, Args)]
@@ -56,7 +52,7 @@ pub struct ChatServeArgs {
     pub tls_key: Option<PathBuf>,
     /// State engine. Only `memory` (one node) exists yet; `redis` arrives with issue 6.
     #[arg(long, env = "KEEL_ENGINE", value_enum, default_value = "memory")]
-    pub engine: EngineKind,
+    pub engine: Engine,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
@@ -88,7 +84,7 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
-    if args.engine == EngineKind::Redis {
+    if args.engine == Engine::Redis {
         anyhow::bail!(
             "the chat server's Redis engine is not built yet (issue 6); run with --engine memory"
         );

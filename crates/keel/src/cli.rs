@@ -33,6 +33,58 @@ pub enum Command {
     Health(HealthArgs),
     /// Chat server: IRC over TCP and WebSocket, presence, history.
     Chat(crate::chat_cmd::ChatArgs),
+    /// Every role in one process on the in-memory engines (`--redis URL` for Redis).
+    Dev(crate::dev_cmd::DevArgs),
+    /// Rate limiter.
+    #[command(subcommand)]
+    Limit(crate::limit_cmd::LimitCommand),
+    /// Load generators: Keel against a baseline in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Rate-limit decisions per second: Redis and memory engines against their baselines.
+    Limit(crate::limit_cmd::LimitBenchArgs),
+}
+
+/// Where a role keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Shared state in Redis: many nodes.
+    Redis,
+    /// In-process state: one node, no Redis needed.
+    Memory,
+}
+
+/// How to reach Redis (shared by every role).
+#[derive(Debug, Args, Clone)]
+pub struct RedisArgs {
+    /// Redis URL (`redis://`, `rediss://`, passwords).
+    #[arg(
+        long = "redis",
+        env = "KEEL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "KEEL_KEY_PREFIX", default_value = "keel")]
+    pub key_prefix: String,
+    /// Longest wait for one Redis reply.
+    #[arg(long, env = "KEEL_REDIS_TIMEOUT", default_value = "500ms", value_parser = keel_core::parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+impl RedisArgs {
+    pub fn settings(&self) -> keel_redis::RedisSettings {
+        keel_redis::RedisSettings {
+            url: self.url.clone(),
+            key_prefix: self.key_prefix.clone(),
+            response_timeout: self.redis_timeout,
+            connect_timeout: self.redis_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -49,9 +101,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         &cli.global.log,
         keel_core::telemetry::LogFormat::from_setting(cli.global.log_format.as_deref()),
     );
+    let _ = keel_core::telemetry::metrics_handle();
     match cli.command {
         Command::Health(args) => health(args).await,
         Command::Chat(args) => crate::chat_cmd::run(args).await,
+        Command::Limit(crate::limit_cmd::LimitCommand::Serve(args)) => {
+            let shutdown = keel_core::Shutdown::on_signals();
+            crate::limit_cmd::serve(args, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev(args) => crate::dev_cmd::run(args).await,
+        Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
     }
 }
 

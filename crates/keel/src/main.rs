@@ -2,6 +2,8 @@
 
 mod chat_cmd;
 mod cli;
+mod dev_cmd;
+mod limit_cmd;
 
 use clap::Parser;
 

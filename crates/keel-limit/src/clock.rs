@@ -1,0 +1,65 @@
+//! Injected time, so tests pause and advance the clock instead of sleeping.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in microseconds since the epoch.
+    fn now_us(&self) -> i64;
+}
+
+/// Wall-clock time advanced by `tokio::time`, so `tokio::time::pause()` and `advance()` move it.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    base_us: i64,
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading the system time now and advancing with `tokio::time::Instant`.
+    pub fn new() -> Self {
+        let base_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2))
+            .unwrap_or(0);
+        Self {
+            base_us,
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_us(&self) -> i64 {
+        let elapsed = tokio::time::Instant::now().saturating_duration_since(self.base);
+        self.base_us + i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX / 4)
+    }
+}
+
+/// A clock that moves only when told: for pure unit tests.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    /// A clock reading `now_us`.
+    pub fn new(now_us: i64) -> Self {
+        Self(AtomicI64::new(now_us))
+    }
+    /// Moves the clock forward.
+    pub fn advance_us(&self, us: i64) {
+        self.0.fetch_add(us, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,361 @@
+//! The Redis engine: every batch of requests is one EVALSHA of one script.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use keel_redis::{cluster_slot, LuaScript, RedisError, RedisHandle};
+
+use crate::algorithm::{Algorithm, Decision};
+use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
+
+const PRELUDE: &str = include_str!("../lua/prelude.lua");
+const DRIVER: &str = include_str!("../lua/check.lua");
+const GCRA: &str = include_str!("../lua/gcra.lua");
+const TOKEN_BUCKET: &str = include_str!("../lua/token_bucket.lua");
+const SLIDING_LOG: &str = include_str!("../lua/sliding_log.lua");
+const SLIDING_COUNTER: &str = include_str!("../lua/sliding_counter.lua");
+const FIXED_WINDOW: &str = include_str!("../lua/fixed_window.lua");
+
+/// Most checks one script call carries (the script refuses more).
+pub const MAX_CHECKS_PER_CALL: usize = 512;
+
+/// The limiter's scripts: one per algorithm, and one carrying all five for mixed batches.
+/// Each is the shared prelude, the algorithm file(s) and the driver (`check.lua`).
+#[derive(Clone, Debug)]
+pub struct Scripts {
+    per_algorithm: [LuaScript; 5],
+    mixed: LuaScript,
+}
+
+impl Scripts {
+    /// Assembles the scripts from the `.lua` files compiled into the binary.
+    pub fn new() -> Self {
+        let assemble = |bodies: &[&str]| {
+            let mut source = String::from(PRELUDE);
+            for body in bodies {
+                source.push('\n');
+                source.push_str(body);
+            }
+            source.push('\n');
+            source.push_str(DRIVER);
+            source
+        };
+        Self {
+            per_algorithm: [
+                LuaScript::new("limit_gcra", assemble(&[GCRA])),
+                LuaScript::new("limit_token_bucket", assemble(&[TOKEN_BUCKET])),
+                LuaScript::new("limit_sliding_log", assemble(&[SLIDING_LOG])),
+                LuaScript::new("limit_sliding_counter", assemble(&[SLIDING_COUNTER])),
+                LuaScript::new("limit_fixed_window", assemble(&[FIXED_WINDOW])),
+            ],
+            mixed: LuaScript::new(
+                "limit_mixed",
+                assemble(&[
+                    GCRA,
+                    TOKEN_BUCKET,
+                    SLIDING_LOG,
+                    SLIDING_COUNTER,
+                    FIXED_WINDOW,
+                ]),
+            ),
+        }
+    }
+
+    /// The script for one algorithm.
+    pub fn for_algorithm(&self, algorithm: Algorithm) -> &LuaScript {
+        &self.per_algorithm[usize::from(algorithm.code() - 1)]
+    }
+
+    /// The script carrying every algorithm.
+    pub fn mixed(&self) -> &LuaScript {
+        &self.mixed
+    }
+
+    /// Every script, for loading at start-up.
+    pub fn all(&self) -> impl Iterator<Item = &LuaScript> {
+        self.per_algorithm
+            .iter()
+            .chain(std::iter::once(&self.mixed))
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Options of the Redis engine.
+#[derive(Clone, Debug, Default)]
+pub struct RedisEngineOptions {
+    /// Split batches by Redis Cluster slot (needed on a cluster; harmless elsewhere).
+    pub cluster: bool,
+}
+
+/// Limiter state in Redis: each call of [`LimitEngine::check_batch`] is one EVALSHA per
+/// (slot group, at most [`MAX_CHECKS_PER_CALL`] checks).
+#[derive(Clone)]
+pub struct RedisEngine {
+    redis: RedisHandle,
+    scripts: Arc<Scripts>,
+    options: RedisEngineOptions,
+}
+
+/// One script call's answer: Redis's clock, and one decision per check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptReply {
+    /// Redis `TIME` in microseconds when the script ran.
+    pub now_us: i64,
+    /// Decisions in check order.
+    pub decisions: Vec<Decision>,
+}
+
+impl RedisEngine {
+    /// An engine on `redis`.
+    pub fn new(redis: RedisHandle, options: RedisEngineOptions) -> Self {
+        Self {
+            redis,
+            scripts: Arc::new(Scripts::new()),
+            options,
+        }
+    }
+
+    /// Loads every script (once, at start-up); failures are logged, the first call reloads.
+    pub async fn load_scripts(&self) {
+        let mut conn = self.redis.connection();
+        for script in self.scripts.all() {
+            if let Err(error) = self.redis.with_timeout(script.load(&mut conn)).await {
+                tracing::warn!(script = script.name(), %error, "could not load script yet");
+            }
+        }
+    }
+
+    /// The Redis handle.
+    pub fn redis(&self) -> &RedisHandle {
+        &self.redis
+    }
+
+    /// Runs one script call for `requests` (which must fit in one call) and returns Redis's
+    /// reply as it is: the test of Lua/Rust agreement reads `now_us` from it.
+    pub async fn call_script(&self, requests: &[CheckRequest]) -> Result<ScriptReply, LimitError> {
+        let total: usize = requests.iter().map(|r| r.checks.len()).sum();
+        if total == 0 || total > MAX_CHECKS_PER_CALL {
+            return Err(LimitError::BadCheckCount {
+                got: total,
+                max: MAX_CHECKS_PER_CALL,
+            });
+        }
+        let first = requests[0].checks[0].spec.algorithm;
+        let same = requests
+            .iter()
+            .flat_map(|r| &r.checks)
+            .all(|c| c.spec.algorithm == first);
+        let script = if same {
+            self.scripts.for_algorithm(first)
+        } else {
+            self.scripts.mixed()
+        };
+        let mut keys: Vec<&str> = Vec::with_capacity(total);
+        let mut args: Vec<u64> = Vec::with_capacity(1 + requests.len() + total * 5);
+        args.push(requests.len() as u64);
+        for request in requests {
+            args.push(request.checks.len() as u64);
+            for check in &request.checks {
+                keys.push(&check.key);
+                args.extend([
+                    u64::from(check.spec.algorithm.code()),
+                    check.spec.limit,
+                    check.spec.period_us,
+                    check.spec.burst,
+                    check.cost,
+                ]);
+            }
+        }
+        let mut conn = self.redis.connection();
+        let started = std::time::Instant::now();
+        let reply: Vec<i64> = self
+            .redis
+            .with_timeout(script.invoke(&mut conn, &keys, &args))
+            .await?;
+        metrics::histogram!("keel_limit_redis_call_seconds")
+            .record(started.elapsed().as_secs_f64());
+        parse_reply(&reply, total)
+    }
+}
+
+fn parse_reply(reply: &[i64], checks: usize) -> Result<ScriptReply, LimitError> {
+    if reply.len() != 1 + checks * 5 {
+        return Err(LimitError::Redis(RedisError::UnexpectedReply(format!(
+            "expected {} integers, got {}",
+            1 + checks * 5,
+            reply.len()
+        ))));
+    }
+    let to_u64 = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+    let decisions = reply[1..]
+        .chunks_exact(5)
+        .map(|c| Decision {
+            allowed: c[0] == 1,
+            limit: to_u64(c[1]),
+            remaining: to_u64(c[2]),
+            reset_after_us: to_u64(c[3]),
+            retry_after_us: to_u64(c[4]),
+        })
+        .collect();
+    Ok(ScriptReply {
+        now_us: reply[0],
+        decisions,
+    })
+}
+
+/// Splits requests into script calls: by Cluster slot when asked, then by size.
+fn plan_calls(requests: &[CheckRequest], cluster: bool) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        let slot = if cluster {
+            request
+                .checks
+                .first()
+                .map(|c| cluster_slot(c.key.as_bytes()))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((slot, vec![index])),
+        }
+    }
+    let mut calls = Vec::new();
+    for (_, members) in groups {
+        let mut call = Vec::new();
+        let mut size = 0;
+        for index in members {
+            let n = requests[index].checks.len();
+            if size + n > MAX_CHECKS_PER_CALL && !call.is_empty() {
+                calls.push(std::mem::take(&mut call));
+                size = 0;
+            }
+            call.push(index);
+            size += n;
+        }
+        if !call.is_empty() {
+            calls.push(call);
+        }
+    }
+    calls
+}
+
+impl LimitEngine for RedisEngine {
+    fn check_batch<'a>(
+        &'a self,
+        requests: Vec<CheckRequest>,
+    ) -> BoxFuture<'a, Result<Vec<Outcome>, LimitError>> {
+        Box::pin(async move {
+            for request in &requests {
+                if request.checks.is_empty() || request.checks.len() > MAX_CHECKS_PER_CALL {
+                    return Err(LimitError::BadCheckCount {
+                        got: request.checks.len(),
+                        max: MAX_CHECKS_PER_CALL,
+                    });
+                }
+            }
+            let calls = plan_calls(&requests, self.options.cluster);
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; requests.len()];
+            let replies = futures::future::join_all(calls.iter().map(|call| {
+                let batch: Vec<CheckRequest> = call.iter().map(|&i| requests[i].clone()).collect();
+                async move { self.call_script(&batch).await }
+            }))
+            .await;
+            for (call, reply) in calls.iter().zip(replies) {
+                let mut decisions = reply?.decisions.into_iter();
+                for &index in call {
+                    let n = requests[index].checks.len();
+                    outcomes[index] = Some(Outcome::from_decisions(
+                        decisions.by_ref().take(n).collect(),
+                    ));
+                }
+            }
+            outcomes
+                .into_iter()
+                .map(|o| {
+                    o.ok_or_else(|| {
+                        LimitError::Redis(RedisError::UnexpectedReply("missing decision".into()))
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::LimitSpec;
+    use crate::engine::Check;
+
+    fn request(key: &str, checks: usize) -> CheckRequest {
+        let spec = LimitSpec::new(Algorithm::Gcra, 10, 1_000_000, None).expect("spec");
+        CheckRequest {
+            checks: (0..checks)
+                .map(|i| Check {
+                    key: format!("{key}{i}"),
+                    spec,
+                    cost: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn calls_are_bounded_and_never_split_a_request() {
+        let requests: Vec<_> = (0..300).map(|i| request(&format!("k{i}"), 2)).collect();
+        let calls = plan_calls(&requests, false);
+        assert_eq!(calls.len(), 2);
+        for call in &calls {
+            let checks: usize = call.iter().map(|&i| requests[i].checks.len()).sum();
+            assert!(checks <= MAX_CHECKS_PER_CALL);
+        }
+        assert_eq!(calls.iter().map(Vec::len).sum::<usize>(), 300);
+    }
+
+    #[test]
+    fn cluster_mode_groups_by_slot() {
+        let requests = vec![
+            request("keel:{rl:a}:x", 1),
+            request("keel:{rl:b}:x", 1),
+            request("keel:{rl:a}:y", 1),
+        ];
+        let calls = plan_calls(&requests, true);
+        assert_eq!(calls.len(), 2);
+        assert!(calls.contains(&vec![0, 2]));
+    }
+
+    #[test]
+    fn scripts_carry_their_algorithms() {
+        let scripts = Scripts::new();
+        assert!(scripts
+            .for_algorithm(Algorithm::Gcra)
+            .source()
+            .contains("A[1]"));
+        assert!(!scripts
+            .for_algorithm(Algorithm::Gcra)
+            .source()
+            .contains("A[2]"));
+        for code in 1..=5 {
+            assert!(scripts.mixed().source().contains(&format!("A[{code}]")));
+        }
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        assert!(parse_reply(&[1, 2, 3], 1).is_err());
+        let ok = parse_reply(&[7, 1, 10, 9, 100, 0], 1).expect("reply");
+        assert_eq!(ok.now_us, 7);
+        assert!(ok.decisions[0].allowed);
+    }
+}

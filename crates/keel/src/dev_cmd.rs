@@ -1,0 +1,90 @@
+//! `keel dev`: every role in one process, on the memory engines unless `--redis` is given.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use keel_core::Shutdown;
+
+use crate::cli::{Engine, RedisArgs};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Run on this Redis instead of the in-memory engines.
+    #[arg(long = "redis")]
+    pub redis: Option<String>,
+    /// Rate-limit service address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub limit_listen: String,
+    /// Rate-limit rules file (default: rule "default", 100/s per key).
+    #[arg(long)]
+    pub limit_rules: Option<std::path::PathBuf>,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::on_signals();
+    let engine = if args.redis.is_some() {
+        Engine::Redis
+    } else {
+        Engine::Memory
+    };
+    let redis = RedisArgs {
+        url: args
+            .redis
+            .clone()
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+        key_prefix: "keel".into(),
+        redis_timeout: std::time::Duration::from_millis(500),
+    };
+    let mut roles = tokio::task::JoinSet::new();
+
+    let limit_listener = tokio::net::TcpListener::bind(&args.limit_listen)
+        .await
+        .with_context(|| format!("binding the rate-limit service on {}", args.limit_listen))?;
+    let limit_addr = limit_listener.local_addr()?;
+    let limit_args = crate::limit_cmd::LimitServeArgs {
+        listen: args.limit_listen.clone(),
+        engine,
+        redis: redis.clone(),
+        rules: args.limit_rules.clone(),
+        upstream: None,
+        timeout: std::time::Duration::from_millis(50),
+        no_batching: false,
+        reload_interval: std::time::Duration::from_secs(1),
+    };
+    roles.spawn(crate::limit_cmd::serve_on(
+        limit_listener,
+        limit_args,
+        shutdown.clone(),
+    ));
+
+    let engine_name = match engine {
+        Engine::Memory => "memory engines (no Redis)".to_string(),
+        Engine::Redis => format!("Redis at {}", redis.url),
+    };
+    println!("keel dev: every role in one process on {engine_name}");
+    println!("  rate limiter   http://{limit_addr}   (POST /v1/check, /metrics)");
+    println!("Ctrl-C stops everything.");
+
+    let mut failed = false;
+    while let Some(result) = roles.join_next().await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("keel dev: a role stopped: {error:#}");
+                failed = true;
+                shutdown.trigger();
+            }
+            Err(error) => {
+                eprintln!("keel dev: a role panicked: {error}");
+                failed = true;
+                shutdown.trigger();
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
