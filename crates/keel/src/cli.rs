@@ -31,6 +31,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
     Health(HealthArgs),
+    /// Chat server: IRC over TCP and WebSocket, presence, history.
+    Chat(crate::chat_cmd::ChatArgs),
     /// Every role in one process on the in-memory engines (`--redis URL` for Redis).
     Dev(crate::dev_cmd::DevArgs),
     /// Rate limiter.
@@ -110,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = keel_core::telemetry::metrics_handle();
     match cli.command {
         Command::Health(args) => health(args).await,
+        Command::Chat(args) => crate::chat_cmd::run(args).await,
         Command::Limit(crate::limit_cmd::LimitCommand::Serve(args)) => {
             let shutdown = keel_core::Shutdown::on_signals();
             crate::limit_cmd::serve(args, shutdown).await?;
