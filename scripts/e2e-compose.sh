@@ -43,7 +43,10 @@ export KEEL_LIMIT_PORT="${KEEL_E2E_LIMIT_PORT:-$(free_port)}"
 export KEEL_MASTER_PORT="${KEEL_E2E_MASTER_PORT:-$(free_port)}"
 export KEEL_IRC_PORT="${KEEL_E2E_IRC_PORT:-$(free_port)}"
 export KEEL_CHAT_PORT="${KEEL_E2E_CHAT_PORT:-$(free_port)}"
-export KEEL_WORKERS="${KEEL_E2E_WORKERS:-3}"
+export KEEL_WORKER_REPLICAS="${KEEL_E2E_WORKERS:-3}"
+# A SIGKILLed worker's jobs come back when their lease expires: 10 s instead of 30 s (heartbeats
+# every 500 ms keep live leases).
+export KEEL_WORKER_LEASE="${KEEL_E2E_WORKER_LEASE:-10s}"
 unset KEEL_PROFILES
 stack() { bash scripts/stack.sh "$@"; }
 log=$(mktemp)
@@ -143,7 +146,7 @@ ok "Redis SIGKILLed and started: the service is back on Redis after $((SECONDS -
 case ",$profiles," in
   *,jobs,*)
     workers=$(stack compose ps -q worker | wc -l)
-    [ "$workers" = "$KEEL_WORKERS" ] || fail "$workers workers running, expected $KEEL_WORKERS"
+    [ "$workers" = "$KEEL_WORKER_REPLICAS" ] || fail "$workers workers running, expected $KEEL_WORKER_REPLICAS"
     victim=$(stack compose ps -q worker | head -n1)
     python3 scripts/e2e_jobs.py "http://127.0.0.1:$KEEL_MASTER_PORT" --jobs 2000 \
       --kill-cmd "docker kill $victim >/dev/null" \

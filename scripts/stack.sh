@@ -9,7 +9,8 @@
 #
 # Environment: KEEL_PROJECT (Compose project, default `keel`), KEEL_IMAGE (use this image instead
 # of building one), KEEL_REDIS_IMAGE, KEEL_PUBLISH_ADDR (127.0.0.1), KEEL_LIMIT_PORT (8081),
-# KEEL_MASTER_PORT (8080), KEEL_IRC_PORT (6667), KEEL_CHAT_PORT (8082), KEEL_WORKERS (3),
+# KEEL_MASTER_PORT (8080), KEEL_IRC_PORT (6667), KEEL_CHAT_PORT (8082), KEEL_WORKER_REPLICAS (3),
+# KEEL_WORKER_LEASE (30s),
 # KEEL_PROFILES (roles under a profile to start; default: those the image's binary has),
 # KEEL_UP_TIMEOUT (seconds to wait for health, 180).
 set -euo pipefail
