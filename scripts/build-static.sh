@@ -10,13 +10,17 @@ export RUSTFLAGS="${KEEL_STATIC_RUSTFLAGS:--C target-feature=+crt-static --cfg g
 target_dir="${CARGO_TARGET_DIR:-target}"
 cargo build --release --locked --target "$target" -p keel >&2
 bin="$target_dir/$target/release/keel"
-if ! file "$bin" | grep -Eq 'statically linked|static-pie linked'; then
-  echo "build-static: $bin is not statically linked:" >&2
-  file "$bin" >&2
+if command -v file >/dev/null 2>&1; then
+  kind=$(file -b "$bin")
+else
+  kind=$(ldd "$bin" 2>&1 || true)
+fi
+if ! grep -Eq 'statically linked|static-pie linked|not a dynamic executable' <<<"$kind"; then
+  echo "build-static: $bin is not statically linked: $kind" >&2
   exit 1
 fi
 mkdir -p deploy/build
 cp -f "$bin" deploy/build/keel.tmp && mv -f deploy/build/keel.tmp deploy/build/keel
-echo "build-static: $(file -b deploy/build/keel | cut -d, -f1-4)" >&2
+echo "build-static: $(cut -d, -f1-4 <<<"$kind")" >&2
 echo "build-static: $(stat -c %s deploy/build/keel) bytes" >&2
 echo deploy/build/keel
