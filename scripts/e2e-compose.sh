@@ -112,8 +112,8 @@ for key in "a-$$" "b-$$"; do
   done
 done
 denied=$(check login "a-$$")
-[ "$(jget allowed "$denied")" = false ] && from_redis "$denied" || fail "6th login attempt in a minute: $denied"
-ok "rule login (5/min): 5 allowed, the 6th denied by Redis: $denied"
+[ "$(jget allowed "$denied")" = false ] && from_redis "$denied" || fail "6th login attempt at once: $denied"
+ok "rule login (GCRA, burst 5, then 1 per 3 min): 5 allowed, the 6th denied by Redis: $denied"
 
 # Service names resolve inside the FROM-scratch image (static glibc: /etc/hosts, Docker's DNS).
 docker exec "$(cid limit)" keel health http://limit:8081/healthz || fail "keel health http://limit:8081/healthz inside the limit container"
