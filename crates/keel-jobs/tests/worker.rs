@@ -239,3 +239,79 @@ async fn graceful_shutdown_hands_unfinished_jobs_back() {
     assert_eq!((job.state, job.attempts), (JobState::Queued, 0));
     assert!(engine.workers().await.unwrap().is_empty(), "unregistered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_rate_limit_spaces_job_starts_across_workers() {
+    let server = RedisServer::start().unwrap();
+    let engine = engine(&server).await;
+    let handle = RedisHandle::connect(&RedisSettings::new(server.url()))
+        .await
+        .unwrap();
+    let limiter = Arc::new(keel_limit::Limiter::redis(
+        handle,
+        keel_limit::LimiterOptions::default(),
+    ));
+    // 4 per second, 1 at once: 9 jobs cannot all start in less than 2 seconds, however many
+    // workers there are.
+    engine
+        .set_limits(
+            "rated",
+            &keel_jobs::QueueLimits {
+                max_concurrency: 0,
+                rate_limit: Some(keel_jobs::QueueRate {
+                    limit: 4,
+                    period_ms: 1000,
+                    burst: Some(1),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let ids = engine
+        .enqueue(
+            (0..9)
+                .map(|_| JobSpec::new("noop", json!({})).queue("rated"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let shutdown = Shutdown::new();
+        let worker = Worker::new(
+            engine.clone(),
+            Registry::with_builtin_kinds(),
+            config("rated", 10),
+        )
+        .with_limiter(limiter.clone());
+        workers.push((shutdown.clone(), tokio::spawn(worker.run(shutdown))));
+    }
+    wait_until("rated jobs to finish", || async {
+        let stats = engine.queues().await.unwrap();
+        stats
+            .iter()
+            .any(|q| q.name == "rated" && q.succeeded_total == 9)
+    })
+    .await;
+    for (shutdown, handle) in workers {
+        shutdown.trigger();
+        handle.await.unwrap();
+    }
+    let mut starts = Vec::new();
+    for id in &ids {
+        let job = engine.get(&id.id).await.unwrap().unwrap();
+        assert_eq!(
+            job.attempts, 1,
+            "rate-limited jobs are handed back without using an attempt"
+        );
+        starts.push(job.started_at.unwrap());
+    }
+    starts.sort();
+    let span = starts[8] - starts[0];
+    println!("9 jobs at 4/s started over {span} ms");
+    // 8 intervals of 250 ms = 2 s; allow for the few ms between fetch and admission.
+    assert!(
+        span >= 1500,
+        "the limit was exceeded: 9 starts in {span} ms"
+    );
+}
