@@ -315,3 +315,71 @@ async fn queue_rate_limit_spaces_job_starts_across_workers() {
         "the limit was exceeded: 9 starts in {span} ms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_kind_calls_webhooks_and_checks_the_status() {
+    use axum::routing::post;
+    let seen: Arc<parking_lot::Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    let job = headers
+                        .get("x-keel-job-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    record.lock().push((job, body));
+                    (axum::http::StatusCode::ACCEPTED, "thanks")
+                }
+            }),
+        )
+        .route(
+            "/fail",
+            post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = RedisServer::start().unwrap();
+    let engine = engine(&server).await;
+    let ok = JobSpec::new(
+        "http",
+        json!({"url": format!("http://{addr}/hook"), "body": {"hello": "world"}, "expect_status": 202}),
+    )
+    .queue("hooks");
+    let mut failing = JobSpec::new(
+        "http",
+        json!({"url": format!("http://{addr}/fail"), "method": "post"}),
+    )
+    .queue("hooks");
+    failing.max_attempts = 1;
+    let ids = engine.enqueue(vec![ok, failing]).await.unwrap();
+    let (shutdown, handle) = start(&engine, config("hooks", 2));
+    wait_until("webhooks to finish", || async {
+        let mut done = true;
+        for id in &ids {
+            done &= state_of(&engine, &id.id)
+                .await
+                .is_some_and(|s| s.is_final());
+        }
+        done
+    })
+    .await;
+    shutdown.trigger();
+    handle.await.unwrap();
+    let ok = engine.get(&ids[0].id).await.unwrap().unwrap();
+    assert_eq!(ok.state, JobState::Succeeded);
+    assert_eq!(ok.result.unwrap()["status"], json!(202));
+    assert_eq!(
+        seen.lock().clone(),
+        vec![(ids[0].id.clone(), r#"{"hello":"world"}"#.to_string())]
+    );
+    let failed = engine.get(&ids[1].id).await.unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Dead);
+    assert!(failed.error.unwrap().contains("unexpected status 500"));
+}
