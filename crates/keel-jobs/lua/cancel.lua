@@ -3,21 +3,22 @@
 -- Returns 'ok', 'missing', or the job's final state (a conflict).
 local base = KEYS[1]
 local id, retention, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = now_ms()
-local s = parse_st(redis.call('HGET', base .. 'st', id))
-if not s then return 'missing' end
-if s.st == 'succeeded' or s.st == 'dead' or s.st == 'cancelled' then return s.st end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = base .. 'job:' .. id
+local f = redis.call('HMGET', key, 'st', 'uk')
+local st = f[1]
+if not st then return 'missing' end
+if st == 'succeeded' or st == 'dead' or st == 'cancelled' then return st end
 -- A queued id stays in its ready list; fetch skips it since it is no longer 'queued'.
 redis.call('ZREM', base .. 'scheduled', id)
 redis.call('ZREM', base .. 'inflight', id)
-s.st = 'cancelled'
-local x = parse_t(redis.call('HGET', base .. 't', id))
-x.fa = now
-redis.call('HSET', base .. 'st', id, pack_st(s))
-redis.call('HSET', base .. 't', id, pack_t(x))
-redis.call('HSET', base .. 'err', id, 'cancelled')
-redis.call('ZADD', base .. 'exp', now + retention, id)
+redis.call('HSET', key, 'st', 'cancelled', 'fa', now, 'err', 'cancelled')
+redis.call('PEXPIRE', key, retention)
 redis.call('LPUSH', base .. 'recent', id)
 redis.call('LTRIM', base .. 'recent', 0, cap - 1)
-release_unique(base, id, s.uk)
+if f[2] and f[2] ~= '' then
+  local ukey = base .. 'uniq:' .. f[2]
+  if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
+end
 return 'ok'

@@ -3,8 +3,21 @@
 -- Returns, per job: id, spec, attempt, created_at, enqueued_at, run_at, started_at (= now).
 local base = KEYS[1]
 local worker, max, lease, plimit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-promote_due(base, now, plimit)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Promote due scheduled / retrying jobs (bounded).
+local due = redis.call('ZRANGEBYSCORE', base .. 'scheduled', '-inf', now, 'LIMIT', 0, plimit)
+for _, id in ipairs(due) do
+  redis.call('ZREM', base .. 'scheduled', id)
+  local key = base .. 'job:' .. id
+  local f = redis.call('HMGET', key, 'st', 'p')
+  if f[1] == 'scheduled' or f[1] == 'retrying' then
+    redis.call('HSET', key, 'st', 'queued', 'ea', now)
+    redis.call('RPUSH', base .. 'ready:' .. f[2], id)
+    redis.call('ZADD', base .. 'prios', -tonumber(f[2]), f[2])
+  end
+end
 
 -- Cluster-wide concurrency limit of the queue.
 local limit = tonumber(redis.call('HGET', base .. 'cfg', 'max_concurrency') or '0')
@@ -13,7 +26,8 @@ if limit > 0 then
 end
 if max <= 0 then return {} end
 
-local chosen, new_st, inflight = {}, {}, {}
+local out = {}
+local inflight = {}
 local expiry = now + lease
 local prios = redis.call('ZRANGE', base .. 'prios', 0, 15)
 -- Cancelled ids stay in the ready lists and are skipped here; the budget bounds the pops.
@@ -30,17 +44,15 @@ for _, p in ipairs(prios) do
     end
     budget = budget - #ids
     local short = #ids < max
-    local sts = hmget(base .. 'st', ids)
-    for k, id in ipairs(ids) do
-      local s = parse_st(sts[k])
-      if s and s.st == 'queued' then
-        s.st = 'running'
-        s.att = s.att + 1
-        new_st[#new_st + 1] = id
-        new_st[#new_st + 1] = pack_st(s)
+    for _, id in ipairs(ids) do
+      local key = base .. 'job:' .. id
+      local f = redis.call('HMGET', key, 'st', 'spec', 'att', 'ca', 'ea', 'ra')
+      if f[1] == 'queued' then
+        local att = tonumber(f[3]) + 1
+        redis.call('HSET', key, 'st', 'running', 'att', att, 'sa', now, 'w', worker)
         inflight[#inflight + 1] = expiry
         inflight[#inflight + 1] = id
-        chosen[#chosen + 1] = id
+        out[#out + 1] = { id, f[2], tostring(att), f[4] or '0', f[5] or tostring(now), f[6] or tostring(now), tostring(now) }
         max = max - 1
       end
     end
@@ -53,23 +65,7 @@ for _, p in ipairs(prios) do
     redis.call('ZREM', base .. 'prios', p)
   end
 end
-if #chosen == 0 then return {} end
-hset(base .. 'st', new_st)
-redis.call('ZADD', base .. 'inflight', unpack(inflight))
-local specs = hmget(base .. 'spec', chosen)
-local ts = hmget(base .. 't', chosen)
-local new_t, workers, out = {}, {}, {}
-for k, id in ipairs(chosen) do
-  local x = parse_t(ts[k])
-  x.sa = now
-  new_t[#new_t + 1] = id
-  new_t[#new_t + 1] = pack_t(x)
-  workers[#workers + 1] = id
-  workers[#workers + 1] = worker
-  local att = string.match(new_st[2 * k], '^[^|]*|([^|]*)|')
-  out[#out + 1] = { id, specs[k] or '{}', att, x.ca, x.ea ~= '' and x.ea or x.ca,
-    x.ra ~= '' and x.ra or x.ca, tostring(now) }
+if #inflight > 0 then
+  redis.call('ZADD', base .. 'inflight', unpack(inflight))
 end
-hset(base .. 't', new_t)
-hset(base .. 'w', workers)
 return out

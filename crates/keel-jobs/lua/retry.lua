@@ -3,21 +3,19 @@
 -- Returns 'ok', 'missing', or the job's state (a conflict).
 local base = KEYS[1]
 local id = ARGV[1]
-local now = now_ms()
-local s = parse_st(redis.call('HGET', base .. 'st', id))
-if not s then return 'missing' end
-if s.st ~= 'dead' and s.st ~= 'cancelled' then return s.st end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local key = base .. 'job:' .. id
+local f = redis.call('HMGET', key, 'st', 'p', 'uk')
+if not f[1] then return 'missing' end
+if f[1] ~= 'dead' and f[1] ~= 'cancelled' then return f[1] end
 redis.call('ZREM', base .. 'dead', id)
-redis.call('ZREM', base .. 'exp', id)
-s.st = 'queued'
-s.att = 0
-local x = parse_t(redis.call('HGET', base .. 't', id))
-x.ea = now
-x.fa = ''
-redis.call('HSET', base .. 'st', id, pack_st(s))
-redis.call('HSET', base .. 't', id, pack_t(x))
-make_ready(base, { [s.p] = { id } }, false)
-if s.uk ~= '' then
-  redis.call('SET', base .. 'uniq:' .. s.uk, id, 'NX')
+redis.call('PERSIST', key)
+redis.call('HSET', key, 'st', 'queued', 'att', 0, 'ea', now)
+redis.call('HDEL', key, 'fa')
+redis.call('RPUSH', base .. 'ready:' .. f[2], id)
+redis.call('ZADD', base .. 'prios', -tonumber(f[2]), f[2])
+if f[3] and f[3] ~= '' then
+  redis.call('SET', base .. 'uniq:' .. f[3], id, 'NX')
 end
 return 'ok'

@@ -1,11 +1,7 @@
 //! The Redis engine: one Lua script per state transition, keys hash-tagged per queue.
 //!
-//! Layout under `prefix:{q:NAME}:` (one Redis Cluster slot per queue): jobs live in hashes
-//! keyed by job id, so a script reads or writes a whole batch with one HMGET / HSET per hash:
-//! `spec` (immutable JSON), `st` (`state|attempt|priority|max_attempts|unique_key`), `t`
-//! (`created|enqueued|run_at|started|finished`, ms), `w` (worker), `err`, `res`; `exp` (zset of
-//! finished jobs by expiry: Redis 7.0 has no per-field expiry, so `reap.lua` deletes them in
-//! bounded batches); `ready:P` (list per priority), `prios` (zset of non-empty priorities),
+//! Layout under `prefix:{q:NAME}:` (one Redis Cluster slot per queue):
+//! `job:ID` (hash), `ready:P` (list per priority), `prios` (zset of non-empty priorities),
 //! `scheduled` (zset by run-at), `inflight` (zset by lease expiry), `dead` (zset by death
 //! time), `recent` (capped list of finished ids), `uniq:KEY`, `stats` and `cfg` (hashes).
 //! Global keys: `prefix:queues` (set), `prefix:workers` (zset) + `prefix:worker:ID`,
@@ -44,40 +40,18 @@ struct Scripts {
     resign: LuaScript,
 }
 
-fn with_prelude(body: &str) -> String {
-    format!("{}\n{body}", include_str!("../lua/prelude.lua"))
-}
-
 impl Scripts {
     fn new() -> Self {
         Self {
-            enqueue: LuaScript::new(
-                "jobs_enqueue",
-                with_prelude(include_str!("../lua/enqueue.lua")),
-            ),
-            fetch: LuaScript::new("jobs_fetch", with_prelude(include_str!("../lua/fetch.lua"))),
-            heartbeat: LuaScript::new(
-                "jobs_heartbeat",
-                with_prelude(include_str!("../lua/heartbeat.lua")),
-            ),
-            complete: LuaScript::new(
-                "jobs_complete",
-                with_prelude(include_str!("../lua/complete.lua")),
-            ),
-            release: LuaScript::new(
-                "jobs_release",
-                with_prelude(include_str!("../lua/release.lua")),
-            ),
-            promote: LuaScript::new(
-                "jobs_promote",
-                with_prelude(include_str!("../lua/promote.lua")),
-            ),
-            reap: LuaScript::new("jobs_reap", with_prelude(include_str!("../lua/reap.lua"))),
-            cancel: LuaScript::new(
-                "jobs_cancel",
-                with_prelude(include_str!("../lua/cancel.lua")),
-            ),
-            retry: LuaScript::new("jobs_retry", with_prelude(include_str!("../lua/retry.lua"))),
+            enqueue: LuaScript::new("jobs_enqueue", include_str!("../lua/enqueue.lua")),
+            fetch: LuaScript::new("jobs_fetch", include_str!("../lua/fetch.lua")),
+            heartbeat: LuaScript::new("jobs_heartbeat", include_str!("../lua/heartbeat.lua")),
+            complete: LuaScript::new("jobs_complete", include_str!("../lua/complete.lua")),
+            release: LuaScript::new("jobs_release", include_str!("../lua/release.lua")),
+            promote: LuaScript::new("jobs_promote", include_str!("../lua/promote.lua")),
+            reap: LuaScript::new("jobs_reap", include_str!("../lua/reap.lua")),
+            cancel: LuaScript::new("jobs_cancel", include_str!("../lua/cancel.lua")),
+            retry: LuaScript::new("jobs_retry", include_str!("../lua/retry.lua")),
             stats: LuaScript::new("jobs_stats", include_str!("../lua/stats.lua")),
             leader: LuaScript::new("jobs_leader", include_str!("../lua/leader.lua")),
             fire: LuaScript::new("jobs_fire", include_str!("../lua/fire.lua")),
@@ -206,38 +180,27 @@ impl RedisEngine {
         Ok(names)
     }
 
-    /// Reads jobs of one queue by id (one pipelined HMGET per hash); missing ones are skipped.
+    /// Reads jobs of one queue by id (pipelined HGETALL); missing ones are skipped.
     async fn read_jobs(&self, queue: &str, ids: &[String]) -> EngineResult<Vec<Job>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let base = self.base(queue);
         let mut pipe = redis::pipe();
-        for hash in ["spec", "st", "t", "w", "err", "res"] {
-            pipe.cmd("HMGET").arg(format!("{base}{hash}")).arg(ids);
+        for id in ids {
+            pipe.cmd("HGETALL").arg(format!("{base}job:{id}"));
         }
         let mut conn = self.conn();
-        let columns: Vec<Vec<Option<String>>> = self
+        let maps: Vec<HashMap<String, String>> = self
             .redis
             .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
             .await?;
-        let column =
-            |c: usize, i: usize| columns.get(c).and_then(|col| col.get(i)).cloned().flatten();
         let mut out = Vec::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            let (Some(spec), Some(st)) = (column(0, i), column(1, i)) else {
+        for (id, map) in ids.iter().zip(maps) {
+            if map.is_empty() {
                 continue;
-            };
-            out.push(decode_job(
-                id,
-                queue,
-                &spec,
-                &st,
-                column(2, i).as_deref().unwrap_or(""),
-                column(3, i),
-                column(4, i),
-                column(5, i),
-            )?);
+            }
+            out.push(decode_job(id, queue, &map)?);
         }
         Ok(out)
     }
@@ -252,9 +215,8 @@ impl RedisEngine {
         }
         let mut pipe = redis::pipe();
         for name in &names {
-            pipe.cmd("HEXISTS")
-                .arg(format!("{}st", self.base(name)))
-                .arg(id);
+            pipe.cmd("EXISTS")
+                .arg(format!("{}job:{id}", self.base(name)));
         }
         let mut conn = self.conn();
         let exists: Vec<i64> = self
@@ -318,31 +280,17 @@ impl RedisEngine {
     }
 }
 
-/// `state|attempt|priority|max_attempts|unique_key` and `created|enqueued|run_at|started|finished`.
-#[allow(clippy::too_many_arguments)]
-fn decode_job(
-    id: &str,
-    queue: &str,
-    spec: &str,
-    st: &str,
-    times: &str,
-    worker: Option<String>,
-    error: Option<String>,
-    result: Option<String>,
-) -> EngineResult<Job> {
-    let spec: StoredSpec = serde_json::from_str(spec)
+fn parse_i64(map: &HashMap<String, String>, field: &str) -> Option<i64> {
+    map.get(field).and_then(|v| v.parse().ok())
+}
+
+fn decode_job(id: &str, queue: &str, map: &HashMap<String, String>) -> EngineResult<Job> {
+    let spec: StoredSpec = serde_json::from_str(map.get("spec").map(String::as_str).unwrap_or(""))
         .map_err(|e| EngineError::Corrupt(format!("job {id}: spec: {e}")))?;
-    let mut fields = st.splitn(5, '|');
-    let state = fields
-        .next()
-        .and_then(JobState::parse)
-        .ok_or_else(|| EngineError::Corrupt(format!("job {id}: bad state {st:?}")))?;
-    let attempts = fields
-        .next()
-        .and_then(|a| a.parse::<u32>().ok())
-        .unwrap_or(0);
-    let t: Vec<Option<i64>> = times.split('|').map(|v| v.parse().ok()).collect();
-    let time = |i: usize| t.get(i).copied().flatten();
+    let state = map
+        .get("st")
+        .and_then(|s| JobState::parse(s))
+        .ok_or_else(|| EngineError::Corrupt(format!("job {id}: no state")))?;
     Ok(Job {
         id: id.to_string(),
         queue: queue.to_string(),
@@ -350,20 +298,21 @@ fn decode_job(
         payload: spec.payload,
         priority: spec.priority,
         state,
-        attempts,
+        attempts: parse_i64(map, "att").unwrap_or(0).max(0) as u32,
         max_attempts: spec.max_attempts,
         timeout_ms: spec.timeout_ms,
-        run_at: time(2),
+        run_at: parse_i64(map, "ra"),
         unique_key: spec.unique_key,
-        created_at: time(0).unwrap_or(0),
-        enqueued_at: time(1),
-        started_at: time(3),
-        finished_at: time(4),
-        worker,
-        result: result
+        created_at: parse_i64(map, "ca").unwrap_or(0),
+        enqueued_at: parse_i64(map, "ea"),
+        started_at: parse_i64(map, "sa"),
+        finished_at: parse_i64(map, "fa"),
+        worker: map.get("w").cloned(),
+        result: map
+            .get("res")
             .filter(|r| !r.is_empty())
-            .and_then(|r| serde_json::from_str(&r).ok()),
-        error,
+            .and_then(|r| serde_json::from_str(r).ok()),
+        error: map.get("err").cloned(),
     })
 }
 
