@@ -23,9 +23,16 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::on_signals();
-    let engine = if args.redis.is_some() { Engine::Redis } else { Engine::Memory };
+    let engine = if args.redis.is_some() {
+        Engine::Redis
+    } else {
+        Engine::Memory
+    };
     let redis = RedisArgs {
-        url: args.redis.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+        url: args
+            .redis
+            .clone()
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
         key_prefix: "keel".into(),
         redis_timeout: std::time::Duration::from_millis(500),
     };
@@ -45,7 +52,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         no_batching: false,
         reload_interval: std::time::Duration::from_secs(1),
     };
-    roles.spawn(crate::limit_cmd::serve_on(limit_listener, limit_args, shutdown.clone()));
+    roles.spawn(crate::limit_cmd::serve_on(
+        limit_listener,
+        limit_args,
+        shutdown.clone(),
+    ));
 
     let engine_name = match engine {
         Engine::Memory => "memory engines (no Redis)".to_string(),
@@ -71,5 +82,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
