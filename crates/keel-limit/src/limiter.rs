@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{Decision, LimitSpec};
 use crate::batcher::{Batcher, BatcherOptions};
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{Clock, FastClock, TokioClock};
 use crate::engine::{Check, CheckRequest, LimitEngine, LimitError, Outcome};
 use crate::memory::{MemoryEngine, MemoryOptions};
 use crate::redis_engine::{RedisEngine, RedisEngineOptions};
@@ -210,8 +210,13 @@ struct Inner {
 impl Limiter {
     /// A single-node limiter on the memory engine.
     pub fn memory() -> Self {
+        Self::memory_with_clock(Arc::new(FastClock::new()))
+    }
+
+    /// A single-node limiter on the memory engine with an injected clock (tests pass a
+    /// [`crate::TokioClock`] to pause and advance time).
+    pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
         let options = LimiterOptions::default();
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
         let engine = Arc::new(MemoryEngine::with_options(
             options.memory.clone(),
             clock.clone(),
@@ -577,5 +582,48 @@ impl DenyCache {
             },
             Source::DenyCache,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Algorithm;
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_drives_the_memory_limiter() {
+        let limiter = Limiter::memory_with_clock(Arc::new(TokioClock::new()));
+        let limit = Limit::new(
+            "t",
+            LimitSpec::new(Algorithm::TokenBucket, 2, 1_000_000, Some(2)).expect("spec"),
+        );
+        assert!(limiter.check(&limit, "k", 2).await.expect("check").allowed);
+        let denied = limiter.check(&limit, "k", 1).await.expect("check");
+        assert!(!denied.allowed);
+        assert_eq!(denied.decision.retry_after_us, 500_000);
+        tokio::time::advance(Duration::from_micros(499_999)).await;
+        assert!(!limiter.check(&limit, "k", 1).await.expect("check").allowed);
+        tokio::time::advance(Duration::from_micros(1)).await;
+        assert!(limiter.check(&limit, "k", 1).await.expect("check").allowed);
+    }
+
+    #[tokio::test]
+    async fn costs_beyond_capacity_and_empty_checks_are_refused() {
+        let limiter = Limiter::memory();
+        let limit = Limit::new(
+            "t",
+            LimitSpec::new(Algorithm::Gcra, 5, 1_000_000, Some(5)).expect("spec"),
+        );
+        assert!(matches!(
+            limiter.check(&limit, "k", 6).await,
+            Err(LimitError::CostExceedsCapacity {
+                cost: 6,
+                capacity: 5
+            })
+        ));
+        assert!(matches!(
+            limiter.check_all(&[]).await,
+            Err(LimitError::BadCheckCount { .. })
+        ));
     }
 }

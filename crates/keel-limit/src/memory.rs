@@ -13,7 +13,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::algorithm::{apply, evaluate, Decision, LimitSpec, State};
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{Clock, FastClock};
 use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
 
 /// Sizing of a [`MemoryEngine`].
@@ -58,9 +58,9 @@ pub struct MemoryEngine {
 const SWEEP_EVERY: u32 = 4096;
 
 impl MemoryEngine {
-    /// An engine on the tokio clock with default sizing.
+    /// An engine on the fast wall clock with default sizing.
     pub fn new() -> Self {
-        Self::with_options(MemoryOptions::default(), Arc::new(TokioClock::new()))
+        Self::with_options(MemoryOptions::default(), Arc::new(FastClock::new()))
     }
 
     /// An engine with explicit sizing and clock.
