@@ -39,12 +39,20 @@ pub enum Command {
     /// Load generators: Keel against a baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Job scheduler master: HTTP API, dashboard, cron, delayed-job promotion, reaper.
+    Master(crate::jobs_cmd::MasterArgs),
+    /// Job worker: runs jobs from Redis queues.
+    Worker(crate::jobs_cmd::WorkerArgs),
+    /// Command-line client of the job master's API.
+    Job(crate::jobs_cmd::JobArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Rate-limit decisions per second: Redis and memory engines against their baselines.
     Limit(crate::limit_cmd::LimitBenchArgs),
+    /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
+    Jobs(crate::bench_jobs::BenchJobsArgs),
 }
 
 /// Where a role keeps its state.
@@ -109,6 +117,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(args) => crate::dev_cmd::run(args).await,
         Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
+        Command::Bench(BenchCommand::Jobs(args)) => crate::bench_jobs::bench_jobs(args).await,
+        Command::Master(args) => crate::jobs_cmd::master(args).await,
+        Command::Worker(args) => crate::jobs_cmd::worker(args).await,
+        Command::Job(args) => crate::jobs_cmd::job(args).await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! `keel`: one binary, every role. This file only parses arguments and wires crates together.
 
+mod bench_jobs;
 mod cli;
 mod dev_cmd;
+mod jobs_cmd;
 mod limit_cmd;
 
 use clap::Parser;
