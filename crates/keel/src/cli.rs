@@ -47,6 +47,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Rate-limit decisions per second: Redis and memory engines against their baselines.
     Limit(crate::limit_cmd::LimitBenchArgs),
+    /// Resident memory per idle registered chat connection, beside ngircd.
+    Chat(crate::chat_bench::ChatBenchArgs),
 }
 
 /// Where a role keeps its state.
@@ -112,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(args) => crate::dev_cmd::run(args).await,
         Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
+        Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
     }
 }
 

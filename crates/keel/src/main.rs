@@ -1,5 +1,6 @@
 //! `keel`: one binary, every role. This file only parses arguments and wires crates together.
 
+mod chat_bench;
 mod chat_cmd;
 mod cli;
 mod dev_cmd;
