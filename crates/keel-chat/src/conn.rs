@@ -94,7 +94,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for StreamTra
         }
         self.stream.write_all(&self.out).await?;
         self.stream.flush().await?;
-        if self.out.capacity() > 64 * 1024 {
+        // Idle connections keep no write buffer beyond a small one.
+        if self.out.capacity() > 1024 {
             self.out = Vec::new();
         }
         if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
@@ -156,7 +157,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shared.unregistered.fetch_add(1, Ordering::Relaxed);
     let kill = handle.kill_token();
     let mut session = Session::new(shared.clone(), handle.clone(), peer);
-    let cfg = shared.config.clone();
+    let cfg = &shared.config;
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
@@ -183,15 +184,19 @@ pub async fn run<E: ChatEngine, T: Transport>(
                     break;
                 }
             }
-            process_line(&mut session, &line, &cfg.server_name).await;
+            Box::pin(process_line(&mut session, &line, &cfg.server_name)).await;
             if !session.out.is_empty() {
                 let caps = session.caps();
                 lines.clear();
                 lines.extend(session.out.drain(..).map(|m| render(caps, &m)));
+                if session.out.capacity() > 16 {
+                    session.out = Vec::new();
+                }
                 tokio::select! {
                     r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
                     _ = kill.cancelled() => continue 'conn,
                 }
+                release(&mut lines);
             }
             if let Some(reason) = session.quit.take() {
                 break 'conn reason;
@@ -276,12 +281,13 @@ pub async fn run<E: ChatEngine, T: Transport>(
                     r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
                     _ = kill.cancelled() => continue,
                 }
+                release(&mut lines);
             }
         }
     };
 
     tracing::debug!(id = handle.id, %peer, %reason, "connection closing");
-    session.depart(&reason).await;
+    Box::pin(session.depart(&reason)).await;
     shared.hub.remove(handle.id);
     if reason != "SendQ exceeded" && reason != "Write error" {
         let text = format!("Closing Link: {} ({reason})", peer.ip());
@@ -294,6 +300,14 @@ pub async fn run<E: ChatEngine, T: Transport>(
     }
 }
 
+/// Drops written lines; an idle connection keeps no output around.
+fn release(lines: &mut Vec<String>) {
+    lines.clear();
+    if lines.capacity() > 16 {
+        *lines = Vec::new();
+    }
+}
+
 fn session_nick<E: ChatEngine>(session: &Session<E>) -> String {
     session.nick().unwrap_or("*").to_owned()
 }
@@ -303,7 +317,9 @@ async fn process_line<E: ChatEngine>(session: &mut Session<E>, line: &[u8], serv
     match Message::parse(line) {
         Ok(msg) => {
             let label = msg.tag("label").map(str::to_owned);
-            session.handle(msg).await;
+            // Boxed: the command future is large and lives only while a command runs, so it
+            // should not be part of every idle connection's task.
+            Box::pin(session.handle(msg)).await;
             session.finish_label(label);
         }
         Err(ParseError::Empty) => {}
