@@ -231,7 +231,7 @@ impl<E: ChatEngine> Session<E> {
             return;
         }
         let min = match command.as_str() {
-            "PASS" | "JOIN" | "PART" | "TOPIC" | "MODE" | "ISON" | "USERHOST" | "OPER"
+            "PASS" | "PING" | "JOIN" | "PART" | "TOPIC" | "MODE" | "ISON" | "USERHOST" | "OPER"
             | "AUTHENTICATE" | "SETNAME" | "MONITOR" | "WHOWAS" | "TAGMSG" => 1,
             "KICK" | "INVITE" | "KILL" => 2,
             "USER" => 4,
