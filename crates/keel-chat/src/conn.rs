@@ -355,3 +355,90 @@ fn command_of(line: &[u8]) -> String {
         .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()))
         .unwrap_or_else(|| "*".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::engine::MemoryEngine;
+
+    /// With paused time the heartbeat is exact: PING after `ping_interval` of silence, drop
+    /// after `ping_timeout` more, never earlier.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_pings_then_drops_at_exact_times() {
+        let config = crate::Config {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ..crate::Config::default()
+        };
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(run(
+            shared.clone(),
+            StreamTransport::new(server_side),
+            "127.0.0.1:1".parse().expect("addr"),
+            Shutdown::new(),
+        ));
+        let (r, mut w) = tokio::io::split(client_side);
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"NICK ghost\r\nUSER g 0 * :G\r\n")
+            .await
+            .expect("write");
+        let mut line = String::new();
+        while !line.contains(" 376 ") {
+            line = lines.next_line().await.expect("read").expect("line");
+        }
+        let quiet = Instant::now();
+        let ping = lines.next_line().await.expect("read").expect("line");
+        assert!(ping.starts_with("PING "), "{ping}");
+        assert_eq!(quiet.elapsed().as_secs(), 30);
+        let pinged = Instant::now();
+        let error = lines.next_line().await.expect("read").expect("line");
+        assert!(
+            error.starts_with("ERROR :Closing Link") && error.contains("Ping timeout: 90 seconds"),
+            "{error}"
+        );
+        assert_eq!(pinged.elapsed().as_secs(), 60);
+        task.await.expect("task");
+        assert!(shared.hub.is_empty(), "presence removed");
+        assert!(shared.engine.find_nick("ghost").await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_client_is_never_dropped() {
+        let config = crate::Config {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ..crate::Config::default()
+        };
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(run(
+            shared.clone(),
+            StreamTransport::new(server_side),
+            "127.0.0.1:1".parse().expect("addr"),
+            Shutdown::new(),
+        ));
+        let (r, mut w) = tokio::io::split(client_side);
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"NICK alive\r\nUSER a 0 * :A\r\n")
+            .await
+            .expect("write");
+        let mut pings = 0;
+        while pings < 10 {
+            let line = lines.next_line().await.expect("read").expect("line");
+            assert!(!line.starts_with("ERROR"), "{line}");
+            if let Some(token) = line.strip_prefix("PING ") {
+                w.write_all(format!("PONG {token}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+                pings += 1;
+            }
+        }
+        assert!(shared.engine.find_nick("alive").await.is_some());
+    }
+}
