@@ -161,7 +161,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
-    let mut lines: Vec<String> = Vec::with_capacity(8);
+    let mut lines: Vec<String> = Vec::new();
     tracing::debug!(id = handle.id, %peer, "connection opened");
 
     // Lines read but not yet run: flood control holds them back (fakelag); a client that

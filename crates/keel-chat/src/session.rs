@@ -1730,18 +1730,23 @@ impl<E: ChatEngine> Session<E> {
     async fn monitor_online(&mut self) {
         let mask = self.mask();
         let watchers = self.shared.engine.watchers(&self.me()).await;
-        let server = self.server().to_owned();
-        for h in self.shared.hub.many(&watchers) {
-            let m = Message::new("730", vec![s("*"), mask.clone()]).with_source(server.clone());
-            h.send(Arc::new(m));
-        }
+        self.monitor_notify(&watchers, "730", mask).await;
     }
 
     async fn monitor_offline(&mut self, nick: &str) {
         let watchers = self.shared.engine.watchers(nick).await;
+        self.monitor_notify(&watchers, "731", nick.to_owned()).await;
+    }
+
+    /// `:server 730|731 <watcher's nick> :<target>` to each watcher connected here.
+    async fn monitor_notify(&mut self, watchers: &[ClientId], code: &str, target: String) {
         let server = self.server().to_owned();
-        for h in self.shared.hub.many(&watchers) {
-            let m = Message::new("731", vec![s("*"), nick.to_owned()]).with_source(server.clone());
+        for h in self.shared.hub.many(watchers) {
+            let Some(watcher) = self.shared.engine.client(h.id).await else {
+                continue;
+            };
+            let m =
+                Message::new(code, vec![watcher.nick, target.clone()]).with_source(server.clone());
             h.send(Arc::new(m));
         }
     }

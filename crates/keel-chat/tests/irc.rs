@@ -135,11 +135,12 @@ async fn monitor_notices_on_connect_and_quit() {
     assert_eq!(offline.param(1), Some("bob,carol"));
     let mut bob = Client::register(server.irc, "bob").await;
     let online = alice.expect(|m| m.command == "730").await;
+    assert_eq!(online.param(0), Some("alice"));
     assert!(online.param(1).unwrap().starts_with("bob!"), "{online:?}");
     bob.send("QUIT :bye").await;
     bob.expect_closed().await;
     let gone = alice.expect(|m| m.command == "731").await;
-    assert_eq!(gone.param(1), Some("bob"));
+    assert_eq!(gone.params, vec!["alice", "bob"]);
     alice.send("MONITOR L").await;
     let list = alice.expect(|m| m.command == "732").await;
     let mut nicks: Vec<&str> = list.param(1).unwrap().split(',').collect();
