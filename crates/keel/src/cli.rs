@@ -31,6 +31,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Exit 0 when URL answers 200 (the healthcheck for images without curl).
     Health(HealthArgs),
+    /// Chat server: IRC over TCP and WebSocket, presence, history.
+    Chat(crate::chat_cmd::ChatArgs),
     /// Every role in one process on the in-memory engines (`--redis URL` for Redis).
     Dev(crate::dev_cmd::DevArgs),
     /// Rate limiter.
@@ -53,6 +55,8 @@ pub enum BenchCommand {
     Limit(crate::limit_cmd::LimitBenchArgs),
     /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
     Jobs(crate::bench_jobs::BenchJobsArgs),
+    /// Resident memory per idle registered chat connection, beside ngircd.
+    Chat(crate::chat_bench::ChatBenchArgs),
 }
 
 /// Where a role keeps its state.
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = keel_core::telemetry::metrics_handle();
     match cli.command {
         Command::Health(args) => health(args).await,
+        Command::Chat(args) => crate::chat_cmd::run(args).await,
         Command::Limit(crate::limit_cmd::LimitCommand::Serve(args)) => {
             let shutdown = keel_core::Shutdown::on_signals();
             crate::limit_cmd::serve(args, shutdown).await?;
@@ -121,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master(args) => crate::jobs_cmd::master(args).await,
         Command::Worker(args) => crate::jobs_cmd::worker(args).await,
         Command::Job(args) => crate::jobs_cmd::job(args).await,
+        Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
     }
 }
 

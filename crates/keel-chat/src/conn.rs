@@ -1,0 +1,444 @@
+//! One task per connection: read lines, run commands, write replies and queued messages,
+//! heartbeat, registration timeout. The transport (TCP, TLS, WebSocket) is a trait.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use keel_core::Shutdown;
+use keel_irc_proto::{FrameError, LineFramer, Message, ParseError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use crate::client::{cap, ClientHandle};
+use crate::engine::ChatEngine;
+use crate::session::Session;
+use crate::shared::Shared;
+
+/// Bytes read from a socket at a time; the read buffer grows past this only for a long line.
+const READ_CHUNK: usize = 512;
+/// Queued messages written in one go.
+const WRITE_BATCH: usize = 64;
+/// Time allowed for the last words (ERROR) to a departing client.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a transport read produced.
+pub enum Inbound {
+    Line(BytesMut),
+    TooLong,
+    /// Traffic that is not a line but shows the peer is alive (a WebSocket pong).
+    Alive,
+    Closed,
+}
+
+/// A bidirectional line transport. `read` must be cancel-safe.
+pub trait Transport: Send + 'static {
+    fn read(&mut self) -> impl Future<Output = io::Result<Inbound>> + Send;
+    /// Writes lines (without CR LF).
+    fn write(&mut self, lines: &[String]) -> impl Future<Output = io::Result<()>> + Send;
+    /// A transport-level keepalive (WebSocket ping); nothing for TCP.
+    fn ping(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// IRC over a byte stream (TCP, TLS).
+pub struct StreamTransport<S> {
+    stream: S,
+    buf: BytesMut,
+    framer: LineFramer,
+    out: Vec<u8>,
+}
+
+impl<S> StreamTransport<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+            framer: LineFramer::default(),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for StreamTransport<S> {
+    async fn read(&mut self) -> io::Result<Inbound> {
+        loop {
+            match self.framer.next_line(&mut self.buf) {
+                Some(Ok(line)) => return Ok(Inbound::Line(line)),
+                Some(Err(FrameError::LineTooLong)) => return Ok(Inbound::TooLong),
+                None => {}
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Ok(Inbound::Closed);
+            }
+        }
+    }
+
+    async fn write(&mut self, lines: &[String]) -> io::Result<()> {
+        self.out.clear();
+        for l in lines {
+            self.out.extend_from_slice(l.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await?;
+        // Idle connections keep no write buffer beyond a small one.
+        if self.out.capacity() > 1024 {
+            self.out = Vec::new();
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Renders a message for a client with `caps`: tags it did not ask for are left out.
+pub fn render(caps: u32, msg: &Message) -> String {
+    let keep = |k: &str| -> bool {
+        let need = match k {
+            "time" => cap::SERVER_TIME,
+            "account" => cap::ACCOUNT_TAG,
+            "batch" => cap::BATCH,
+            "label" => cap::LABELED_RESPONSE,
+            _ => cap::MESSAGE_TAGS,
+        };
+        caps & need != 0
+    };
+    if msg.tags.iter().all(|(k, _)| keep(k)) {
+        return msg.to_string();
+    }
+    let mut m = msg.clone();
+    m.tags.retain(|(k, _)| keep(k));
+    m.to_string()
+}
+
+struct Gauge;
+impl Gauge {
+    fn open() -> Self {
+        metrics::gauge!("keel_chat_connections").increment(1.0);
+        metrics::counter!("keel_chat_connections_total").increment(1);
+        Gauge
+    }
+}
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        metrics::gauge!("keel_chat_connections").decrement(1.0);
+    }
+}
+
+/// Serves one connection until it quits, is dropped, or the server shuts down.
+pub async fn run<E: ChatEngine, T: Transport>(
+    shared: Arc<Shared<E>>,
+    mut transport: T,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) {
+    let _gauge = Gauge::open();
+    let (tx, mut rx) = mpsc::channel::<Arc<Message>>(shared.config.limits.sendq.max(1));
+    let handle = Arc::new(ClientHandle::new(shared.next_id(), tx));
+    shared.hub.insert(handle.clone());
+    shared.unregistered.fetch_add(1, Ordering::Relaxed);
+    let kill = handle.kill_token();
+    let mut session = Session::new(shared.clone(), handle.clone(), peer);
+    let cfg = &shared.config;
+    let started = Instant::now();
+    let mut last_seen = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let mut lines: Vec<String> = Vec::new();
+    tracing::debug!(id = handle.id, %peer, "connection opened");
+
+    // Lines read but not yet run: flood control holds them back (fakelag); a client that
+    // keeps sending while held fills this queue and is dropped with "Excess Flood".
+    let flood_on = cfg.limits.commands_per_sec > 0.0;
+    let recvq_max = (cfg.limits.command_burst as usize).max(1);
+    let mut pending: VecDeque<BytesMut> = VecDeque::new();
+    let mut hold: Option<Instant> = None;
+
+    let reason: String = 'conn: loop {
+        // Run what is pending, as far as flood control allows.
+        while hold.is_none() {
+            let Some(line) = pending.pop_front() else {
+                break;
+            };
+            if flood_on {
+                if let Err(wait) = shared.command_gate(handle.id).await {
+                    pending.push_front(line);
+                    hold = Some(Instant::now() + wait);
+                    break;
+                }
+            }
+            Box::pin(process_line(&mut session, &line, &cfg.server_name)).await;
+            if !session.out.is_empty() {
+                let caps = session.caps();
+                lines.clear();
+                lines.extend(session.out.drain(..).map(|m| render(caps, &m)));
+                if session.out.capacity() > 16 {
+                    session.out = Vec::new();
+                }
+                tokio::select! {
+                    r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
+                    _ = kill.cancelled() => continue 'conn,
+                }
+                release(&mut lines);
+            }
+            if let Some(reason) = session.quit.take() {
+                break 'conn reason;
+            }
+        }
+        let deadline = if !session.registered {
+            started + cfg.registration_timeout
+        } else {
+            match ping_sent {
+                None => last_seen + cfg.ping_interval,
+                Some(at) => at + cfg.ping_timeout,
+            }
+        };
+        let held = hold.unwrap_or(deadline);
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => {
+                break handle.kill_reason().unwrap_or_else(|| "Killed".into());
+            }
+            _ = shutdown.wait() => break "Server shutting down".into(),
+            _ = sleep_until(held), if hold.is_some() => hold = None,
+            _ = sleep_until(deadline) => {
+                if !session.registered {
+                    break "Registration timed out".into();
+                }
+                if ping_sent.is_some() {
+                    metrics::counter!("keel_chat_ping_timeouts_total").increment(1);
+                    let secs = Instant::now().saturating_duration_since(last_seen).as_secs();
+                    break format!("Ping timeout: {secs} seconds");
+                }
+                ping_sent = Some(Instant::now());
+                let ping = Message::new("PING", vec![cfg.server_name.clone()]);
+                let write = async {
+                    transport.write(&[ping.to_string()]).await?;
+                    transport.ping().await
+                };
+                tokio::select! {
+                    r = write => if r.is_err() { break "Write error".into() },
+                    _ = kill.cancelled() => continue,
+                }
+            }
+            inbound = transport.read() => {
+                let inbound = match inbound {
+                    Ok(i) => i,
+                    Err(e) => break format!("Read error: {e}"),
+                };
+                last_seen = Instant::now();
+                ping_sent = None;
+                match inbound {
+                    Inbound::Closed => break "Connection closed".into(),
+                    Inbound::Alive => {}
+                    Inbound::TooLong => {
+                        metrics::counter!("keel_chat_messages_in_total").increment(1);
+                        let m = Message::new("417", vec![session_nick(&session), "Input line was too long".into()])
+                            .with_source(cfg.server_name.clone());
+                        let line = [m.to_string()];
+                        tokio::select! {
+                            r = transport.write(&line) => if r.is_err() { break "Write error".into() },
+                            _ = kill.cancelled() => continue,
+                        }
+                    }
+                    Inbound::Line(line) => {
+                        metrics::counter!("keel_chat_messages_in_total").increment(1);
+                        if pending.len() >= recvq_max {
+                            break "Excess Flood".into();
+                        }
+                        pending.push_back(line);
+                    }
+                }
+            }
+            Some(first) = rx.recv() => {
+                let caps = handle.caps();
+                lines.clear();
+                lines.push(render(caps, &first));
+                while lines.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => lines.push(render(caps, &m)),
+                        Err(_) => break,
+                    }
+                }
+                tokio::select! {
+                    r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
+                    _ = kill.cancelled() => continue,
+                }
+                release(&mut lines);
+            }
+        }
+    };
+
+    tracing::debug!(id = handle.id, %peer, %reason, "connection closing");
+    Box::pin(session.depart(&reason)).await;
+    shared.hub.remove(handle.id);
+    if reason != "SendQ exceeded" && reason != "Write error" {
+        let text = format!("Closing Link: {} ({reason})", peer.ip());
+        let error = Message::new("ERROR", vec![text]).to_string();
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
+            let _ = transport.write(&[error]).await;
+            transport.close().await;
+        })
+        .await;
+    }
+}
+
+/// Drops written lines; an idle connection keeps no output around.
+fn release(lines: &mut Vec<String>) {
+    lines.clear();
+    if lines.capacity() > 16 {
+        *lines = Vec::new();
+    }
+}
+
+fn session_nick<E: ChatEngine>(session: &Session<E>) -> String {
+    session.nick().unwrap_or("*").to_owned()
+}
+
+/// Parses and runs one line; replies land in `session.out`.
+async fn process_line<E: ChatEngine>(session: &mut Session<E>, line: &[u8], server: &str) {
+    match Message::parse(line) {
+        Ok(msg) => {
+            let label = msg.tag("label").map(str::to_owned);
+            // Boxed: the command future is large and lives only while a command runs, so it
+            // should not be part of every idle connection's task.
+            Box::pin(session.handle(msg)).await;
+            session.finish_label(label);
+        }
+        Err(ParseError::Empty) => {}
+        Err(ParseError::InvalidUtf8) => {
+            let cmd = command_of(line);
+            session.out.push(
+                Message::new(
+                    "FAIL",
+                    vec![
+                        cmd,
+                        "INVALID_UTF8".into(),
+                        "Message rejected: it is not valid UTF-8".into(),
+                    ],
+                )
+                .with_source(server.to_owned()),
+            );
+        }
+        Err(ParseError::BodyTooLong | ParseError::TagsTooLong) => {
+            session.num("417", vec!["Input line was too long".into()]);
+        }
+        Err(e) => tracing::debug!(id = session.id, error = %e, "unparsable line"),
+    }
+}
+
+fn command_of(line: &[u8]) -> String {
+    let mut words = line
+        .split(|b| *b == b' ')
+        .filter(|w| !w.is_empty())
+        .skip_while(|w| w.first() == Some(&b'@') || w.first() == Some(&b':'));
+    words
+        .next()
+        .map(|w| String::from_utf8_lossy(w).to_ascii_uppercase())
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "*".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::engine::MemoryEngine;
+
+    /// With paused time the heartbeat is exact: PING after `ping_interval` of silence, drop
+    /// after `ping_timeout` more, never earlier.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_pings_then_drops_at_exact_times() {
+        let config = crate::Config {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ..crate::Config::default()
+        };
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(run(
+            shared.clone(),
+            StreamTransport::new(server_side),
+            "127.0.0.1:1".parse().expect("addr"),
+            Shutdown::new(),
+        ));
+        let (r, mut w) = tokio::io::split(client_side);
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"NICK ghost\r\nUSER g 0 * :G\r\n")
+            .await
+            .expect("write");
+        let mut line = String::new();
+        while !line.contains(" 376 ") {
+            line = lines.next_line().await.expect("read").expect("line");
+        }
+        let quiet = Instant::now();
+        let ping = lines.next_line().await.expect("read").expect("line");
+        assert!(ping.starts_with("PING "), "{ping}");
+        assert_eq!(quiet.elapsed().as_secs(), 30);
+        let pinged = Instant::now();
+        let error = lines.next_line().await.expect("read").expect("line");
+        assert!(
+            error.starts_with("ERROR :Closing Link") && error.contains("Ping timeout: 90 seconds"),
+            "{error}"
+        );
+        assert_eq!(pinged.elapsed().as_secs(), 60);
+        task.await.expect("task");
+        assert!(shared.hub.is_empty(), "presence removed");
+        assert!(shared.engine.find_nick("ghost").await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_client_is_never_dropped() {
+        let config = crate::Config {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ..crate::Config::default()
+        };
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(run(
+            shared.clone(),
+            StreamTransport::new(server_side),
+            "127.0.0.1:1".parse().expect("addr"),
+            Shutdown::new(),
+        ));
+        let (r, mut w) = tokio::io::split(client_side);
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"NICK alive\r\nUSER a 0 * :A\r\n")
+            .await
+            .expect("write");
+        let mut pings = 0;
+        while pings < 10 {
+            let line = lines.next_line().await.expect("read").expect("line");
+            assert!(!line.starts_with("ERROR"), "{line}");
+            if let Some(token) = line.strip_prefix("PING ") {
+                w.write_all(format!("PONG {token}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+                pings += 1;
+            }
+        }
+        assert!(shared.engine.find_nick("alive").await.is_some());
+    }
+}

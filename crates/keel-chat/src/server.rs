@@ -1,0 +1,254 @@
+//! Listeners: IRC over TCP (optionally TLS), and HTTP with the WebSocket transport, the web
+//! client and the admin endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use keel_core::{Readiness, Shutdown};
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::conn::{self, StreamTransport};
+use crate::engine::ChatEngine;
+use crate::shared::Shared;
+use crate::ws::{WsTransport, PROTOCOLS};
+
+const WEB_CLIENT: &str = include_str!("../assets/index.html");
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A running chat node.
+pub struct ChatServer<E> {
+    shared: Arc<Shared<E>>,
+    irc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    tasks: JoinSet<()>,
+}
+
+impl<E: ChatEngine> ChatServer<E> {
+    /// Starts serving IRC on `irc` and, when given, HTTP (WebSocket, web client, admin) on
+    /// `http`, until `shutdown` fires.
+    pub async fn start(
+        config: Config,
+        engine: E,
+        irc: TcpListener,
+        http: Option<TcpListener>,
+        shutdown: Shutdown,
+    ) -> Result<Self, ServerError> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(ServerError::Tls(
+                    "both tls_cert and tls_key are needed".into(),
+                ))
+            }
+        };
+        // Installs the process-wide Prometheus recorder before the first metric is recorded.
+        let _ = keel_core::telemetry::metrics_handle();
+        let shared = Arc::new(Shared::new(config, engine));
+        let irc_addr = irc.local_addr()?;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(shared.clone(), irc, tls, shutdown.clone()));
+        let http_addr = match http {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let router = router(shared.clone(), shutdown.clone());
+                let sd = shutdown.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = keel_core::serve_http(listener, router, sd).await {
+                        tracing::error!(error = %e, "chat HTTP server failed");
+                    }
+                });
+                Some(addr)
+            }
+            None => None,
+        };
+        tracing::info!(irc = %irc_addr, http = ?http_addr, "chat server listening");
+        Ok(Self {
+            shared,
+            irc_addr,
+            http_addr,
+            tasks,
+        })
+    }
+
+    pub fn irc_addr(&self) -> SocketAddr {
+        self.irc_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.hub.len()
+    }
+
+    /// Waits for the listeners to stop (after shutdown fires).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A refusal with a retry hint; the hint is jittered upwards so refused clients spread out.
+fn refusal(reason: &str, wait: std::time::Duration) -> String {
+    let base = wait.as_secs_f64().max(1.0);
+    let secs = (base * rand::rng().random_range(1.0..1.5)).ceil() as u64;
+    format!("ERROR :Closing Link: {reason}; try again in {secs} seconds\r\n")
+}
+
+async fn accept_loop<E: ChatEngine>(
+    shared: Arc<Shared<E>>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err((reason, wait)) = shared.admit(peer.ip()).await {
+            metrics::counter!("keel_chat_refused_total").increment(1);
+            // Cheap: one non-blocking write, then the socket is dropped.
+            let _ = stream.try_write(refusal(reason, wait).as_bytes());
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        // Separate tasks for TCP and TLS: an idle plain connection's task is sized for
+        // plain TCP only.
+        match tls.clone() {
+            None => {
+                tokio::spawn(serve_tcp(shared, stream, peer, shutdown));
+            }
+            Some(acceptor) => {
+                tokio::spawn(serve_tls(shared, acceptor, stream, peer, shutdown));
+            }
+        }
+    }
+}
+
+async fn serve_tls<E: ChatEngine>(
+    shared: Arc<Shared<E>>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) {
+    let handshake =
+        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+    match handshake {
+        Ok(Ok(tls)) => {
+            conn::run(shared, StreamTransport::new(tls), peer, shutdown).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_tcp<E: ChatEngine>(
+    shared: Arc<Shared<E>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) {
+    conn::run(shared, StreamTransport::new(stream), peer, shutdown).await
+}
+
+struct HttpState<E> {
+    shared: Arc<Shared<E>>,
+    shutdown: Shutdown,
+}
+
+impl<E> Clone for HttpState<E> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+fn router<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutdown) -> Router {
+    let state = HttpState { shared, shutdown };
+    Router::new()
+        .route("/", get(|| async { Html(WEB_CLIENT) }))
+        .route("/ws", get(ws_upgrade::<E>))
+        .with_state(state)
+        .merge(keel_core::admin_router(Readiness::always()))
+}
+
+async fn ws_upgrade<E: ChatEngine>(
+    State(state): State<HttpState<E>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Err((reason, wait)) = state.shared.admit(peer.ip()).await {
+        metrics::counter!("keel_chat_refused_total").increment(1);
+        let text = refusal(reason, wait);
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(
+                axum::http::header::RETRY_AFTER,
+                format!("{}", wait.as_secs().max(1)),
+            )],
+            text,
+        )
+            .into_response();
+    }
+    upgrade
+        .protocols(PROTOCOLS)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(keel_irc_proto::MAX_LINE * 2)
+        .max_frame_size(keel_irc_proto::MAX_LINE * 2)
+        .on_upgrade(move |socket| async move {
+            conn::run(state.shared, WsTransport::new(socket), peer, state.shutdown).await
+        })
+}

@@ -1,0 +1,130 @@
+//! State of one chat node that every connection task shares.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
+
+use crate::client::Hub;
+use crate::config::Config;
+use crate::engine::{ChatEngine, ClientId};
+use crate::util::MsgIds;
+
+pub const VERSION: &str = concat!("keel-", env!("CARGO_PKG_VERSION"));
+
+/// A token-bucket limit of `rate` per second with `burst`; `None` when `rate` is zero (off).
+fn rate_limit(name: &str, rate: f64, burst: u32) -> Option<Limit> {
+    if rate <= 0.0 || !rate.is_finite() {
+        return None;
+    }
+    let (limit, period_us) = if rate >= 1.0 {
+        (rate.round() as u64, 1_000_000)
+    } else {
+        (1, (1_000_000.0 / rate) as u64)
+    };
+    let spec = LimitSpec::new(
+        Algorithm::TokenBucket,
+        limit,
+        period_us,
+        Some(u64::from(burst.max(1))),
+    )
+    .map_err(|e| tracing::warn!(limit = name, error = %e, "invalid limit; turned off"))
+    .ok()?;
+    Some(Limit::new(name.to_owned(), spec))
+}
+
+/// The node: configuration, engine, local connections.
+pub struct Shared<E> {
+    pub config: Config,
+    pub engine: E,
+    pub hub: Hub,
+    pub msgids: MsgIds,
+    pub created: String,
+    next_id: AtomicU64,
+    pub unregistered: AtomicUsize,
+    limiter: Limiter,
+    accept_global: Option<Limit>,
+    accept_ip: Option<Limit>,
+    commands: Option<Limit>,
+}
+
+impl<E: ChatEngine> Shared<E> {
+    pub fn new(config: Config, engine: E) -> Self {
+        let l = &config.limits;
+        let accept_global = rate_limit("chat_accept", l.accepts_per_sec, l.accept_burst);
+        let accept_ip = rate_limit(
+            "chat_accept_ip",
+            l.accepts_per_ip_per_sec,
+            l.accept_burst.clamp(1, 20),
+        );
+        let commands = rate_limit("chat_commands", l.commands_per_sec, l.command_burst);
+        Self {
+            config,
+            engine,
+            hub: Hub::default(),
+            msgids: MsgIds::default(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            next_id: AtomicU64::new(1),
+            unregistered: AtomicUsize::new(0),
+            limiter: Limiter::memory(),
+            accept_global,
+            accept_ip,
+            commands,
+        }
+    }
+
+    pub fn next_id(&self) -> ClientId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Admission on accept: `Err(reason, retry hint)` when the connection must be refused.
+    pub async fn admit(&self, ip: IpAddr) -> Result<(), (&'static str, Duration)> {
+        let limits = &self.config.limits;
+        if limits.max_unregistered > 0
+            && self.unregistered.load(Ordering::Relaxed) >= limits.max_unregistered
+        {
+            return Err(("Too many unregistered connections", Duration::from_secs(5)));
+        }
+        let ip_key = ip.to_string();
+        let mut checks: Vec<(&Limit, &str, u64)> = Vec::with_capacity(2);
+        if let Some(l) = &self.accept_global {
+            checks.push((l, "all", 1));
+        }
+        if let Some(l) = &self.accept_ip {
+            checks.push((l, ip_key.as_str(), 1));
+        }
+        if checks.is_empty() {
+            return Ok(());
+        }
+        match self.limiter.check_all(&checks).await {
+            Ok(r) if r.allowed => Ok(()),
+            Ok(r) => {
+                let wait = Duration::from_micros(r.decision.retry_after_us);
+                let ip_denied =
+                    r.decisions.last().is_some_and(|d| !d.allowed) && self.accept_ip.is_some();
+                Err(if ip_denied {
+                    ("Too many connections from your address", wait)
+                } else {
+                    ("Server is busy", wait)
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admission check failed; admitting");
+                Ok(())
+            }
+        }
+    }
+
+    /// Per-client command rate: `Ok` to run the next command now, `Err(wait)` to hold it.
+    pub async fn command_gate(&self, id: ClientId) -> Result<(), Duration> {
+        let Some(limit) = &self.commands else {
+            return Ok(());
+        };
+        match self.limiter.check(limit, &id.to_string(), 1).await {
+            Ok(r) if r.allowed => Ok(()),
+            Ok(r) => Err(Duration::from_micros(r.decision.retry_after_us.max(1000))),
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `keel chat serve`: the chat server (IRC over TCP/TLS and WebSocket, web client, admin).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use keel_chat::{ChatServer, Config, MemoryEngine};
+use keel_core::Shutdown;
+
+use crate::cli::Engine;
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    #[command(subcommand)]
+    pub command: ChatCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChatCommand {
+    /// Serve IRC on --irc-listen and WebSocket, web client and admin on --http-listen.
+    Serve(ChatServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChatServeArgs {
+    /// IRC listener (TCP, or TLS with --tls-cert and --tls-key).
+    #[arg(long, env = "KEEL_IRC_LISTEN", default_value = "0.0.0.0:6667")]
+    pub irc_listen: SocketAddr,
+    /// HTTP listener: IRC over WebSocket at /ws, the web client at /, /healthz /readyz /metrics.
+    #[arg(long, env = "KEEL_HTTP_LISTEN", default_value = "0.0.0.0:8082")]
+    pub http_listen: SocketAddr,
+    /// TOML configuration file (server name, network, MOTD, operators, limits, ping settings).
+    #[arg(long, env = "KEEL_CHAT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PING a client quiet for this long [default: 30s, or the config file's].
+    #[arg(long, env = "KEEL_PING_INTERVAL", value_parser = keel_core::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Disconnect a pinged client silent for this long after the PING [default: 60s].
+    #[arg(long, env = "KEEL_PING_TIMEOUT", value_parser = keel_core::parse_duration)]
+    pub ping_timeout: Option<Duration>,
+    /// Server name shown to clients [default: keel.local].
+    #[arg(long, env = "KEEL_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// PEM certificate chain: serve IRC over TLS.
+    #[arg(long, env = "KEEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// State engine. Only `memory` (one node) exists yet; `redis` arrives with issue 6.
+    #[arg(long, env = "KEEL_ENGINE", value_enum, default_value = "memory")]
+    pub engine: Engine,
+}
+
+pub async fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ChatCommand::Serve(args) => serve(args).await,
+    }
+}
+
+/// Builds the configuration: defaults, then the file, then flags.
+pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.ping_interval {
+        config.ping_interval = v;
+    }
+    if let Some(v) = args.ping_timeout {
+        config.ping_timeout = v;
+    }
+    if let Some(v) = &args.server_name {
+        config.server_name = v.clone();
+    }
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert.clone();
+        config.tls_key = args.tls_key.clone();
+    }
+    Ok(config)
+}
+
+async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
+    if args.engine == Engine::Redis {
+        anyhow::bail!(
+            "the chat server's Redis engine is not built yet (issue 6); run with --engine memory"
+        );
+    }
+    let config = build_config(&args)?;
+    let irc = tokio::net::TcpListener::bind(args.irc_listen)
+        .await
+        .with_context(|| format!("binding IRC listener {}", args.irc_listen))?;
+    let http = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener {}", args.http_listen))?;
+    eprintln!(
+        "keel chat: IRC on {}, HTTP on {} (web client at /, WebSocket at /ws)",
+        irc.local_addr()?,
+        http.local_addr()?
+    );
+    serve_on(irc, http, config, Shutdown::on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the chat role on bound listeners with the memory engine until `shutdown` fires
+/// (`keel chat serve`, `keel dev`).
+pub async fn serve_on(
+    irc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let engine = MemoryEngine::new(config.history_max, config.history_age);
+    let server = ChatServer::start(config, engine, irc, Some(http), shutdown)
+        .await
+        .context("starting the chat server")?;
+    server.wait().await;
+    Ok(())
+}
