@@ -41,6 +41,12 @@ pub enum Command {
     /// Load generators: Keel against a baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Job scheduler master: HTTP API, dashboard, cron, delayed-job promotion, reaper.
+    Master(crate::jobs_cmd::MasterArgs),
+    /// Job worker: runs jobs from Redis queues.
+    Worker(crate::jobs_cmd::WorkerArgs),
+    /// Command-line client of the job master's API.
+    Job(crate::jobs_cmd::JobArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +55,8 @@ pub enum BenchCommand {
     Limit(crate::limit_cmd::LimitBenchArgs),
     /// Resident memory per idle registered chat connection, beside ngircd.
     Chat(crate::chat_bench::ChatBenchArgs),
+    /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
+    Jobs(crate::bench_jobs::BenchJobsArgs),
 }
 
 /// Where a role keeps its state.
@@ -115,6 +123,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => crate::dev_cmd::run(args).await,
         Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
         Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
+        Command::Bench(BenchCommand::Jobs(args)) => crate::bench_jobs::bench_jobs(args).await,
+        Command::Master(args) => crate::jobs_cmd::master(args).await,
+        Command::Worker(args) => crate::jobs_cmd::worker(args).await,
+        Command::Job(args) => crate::jobs_cmd::job(args).await,
     }
 }
 

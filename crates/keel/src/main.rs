@@ -1,9 +1,11 @@
 //! `keel`: one binary, every role. This file only parses arguments and wires crates together.
 
+mod bench_jobs;
 mod chat_bench;
 mod chat_cmd;
 mod cli;
 mod dev_cmd;
+mod jobs_cmd;
 mod limit_cmd;
 
 use clap::Parser;

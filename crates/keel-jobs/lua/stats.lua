@@ -1,0 +1,17 @@
+-- Depths and counters of one queue (read only).
+-- KEYS[1] = queue base
+-- Returns queued, scheduled, running, dead, enqueued, succeeded, failed, dead_total, max_concurrency.
+local base = KEYS[1]
+local queued = 0
+for _, p in ipairs(redis.call('ZRANGE', base .. 'prios', 0, 15)) do
+  queued = queued + redis.call('LLEN', base .. 'ready:' .. p)
+end
+local s = redis.call('HMGET', base .. 'stats', 'enqueued', 'succeeded', 'failed', 'dead')
+return {
+  queued,
+  redis.call('ZCARD', base .. 'scheduled'),
+  redis.call('ZCARD', base .. 'inflight'),
+  redis.call('ZCARD', base .. 'dead'),
+  tonumber(s[1] or '0'), tonumber(s[2] or '0'), tonumber(s[3] or '0'), tonumber(s[4] or '0'),
+  tonumber(redis.call('HGET', base .. 'cfg', 'max_concurrency') or '0'),
+}

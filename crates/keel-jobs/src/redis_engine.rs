@@ -1,0 +1,991 @@
+//! The Redis engine: one Lua script per state transition, keys hash-tagged per queue.
+//!
+//! Layout under `prefix:{q:NAME}:` (one Redis Cluster slot per queue): jobs live in hashes
+//! keyed by job id, so a script reads or writes a whole batch with one HMGET / HSET per hash:
+//! `spec` (immutable JSON), `st` (`state|attempt|priority|max_attempts|unique_key`), `t`
+//! (`created|enqueued|run_at|started|finished`, ms), `w` (worker), `err`, `res`; `exp` (zset of
+//! finished jobs by expiry: Redis 7.0 has no per-field expiry, so `reap.lua` deletes them in
+//! bounded batches); `ready:P` (list per priority), `prios` (zset of non-empty priorities),
+//! `scheduled` (zset by run-at), `inflight` (zset by lease expiry), `dead` (zset by death
+//! time), `recent` (capped list of finished ids), `uniq:KEY`, `stats` and `cfg` (hashes).
+//! Global keys: `prefix:queues` (set), `prefix:workers` (zset) + `prefix:worker:ID`,
+//! `prefix:schedules` (hash), and `prefix:{cron}:…` for leader election and fire dedup.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keel_redis::redis::{self, aio::ConnectionManager};
+use keel_redis::{LuaScript, RedisHandle};
+use parking_lot::Mutex;
+
+use crate::engine::{Engine, EngineConfig, EngineError, EngineResult, ListFilter};
+use crate::model::{
+    new_id, now_ms, valid_id, validate_queue_name, Completion, Enqueued, Job, JobSpec, JobState,
+    Lease, Outcome, QueueLimits, QueueStats, Schedule, StoredSpec, WorkerInfo,
+};
+
+/// Largest batch one script call handles; callers' batches are split.
+pub const MAX_BATCH: usize = 500;
+
+struct Scripts {
+    enqueue: LuaScript,
+    fetch: LuaScript,
+    heartbeat: LuaScript,
+    complete: LuaScript,
+    release: LuaScript,
+    promote: LuaScript,
+    reap: LuaScript,
+    cancel: LuaScript,
+    retry: LuaScript,
+    stats: LuaScript,
+    leader: LuaScript,
+    fire: LuaScript,
+    resign: LuaScript,
+}
+
+fn with_prelude(body: &str) -> String {
+    format!("{}\n{body}", include_str!("../lua/prelude.lua"))
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            enqueue: LuaScript::new(
+                "jobs_enqueue",
+                with_prelude(include_str!("../lua/enqueue.lua")),
+            ),
+            fetch: LuaScript::new("jobs_fetch", with_prelude(include_str!("../lua/fetch.lua"))),
+            heartbeat: LuaScript::new(
+                "jobs_heartbeat",
+                with_prelude(include_str!("../lua/heartbeat.lua")),
+            ),
+            complete: LuaScript::new(
+                "jobs_complete",
+                with_prelude(include_str!("../lua/complete.lua")),
+            ),
+            release: LuaScript::new(
+                "jobs_release",
+                with_prelude(include_str!("../lua/release.lua")),
+            ),
+            promote: LuaScript::new(
+                "jobs_promote",
+                with_prelude(include_str!("../lua/promote.lua")),
+            ),
+            reap: LuaScript::new("jobs_reap", with_prelude(include_str!("../lua/reap.lua"))),
+            cancel: LuaScript::new(
+                "jobs_cancel",
+                with_prelude(include_str!("../lua/cancel.lua")),
+            ),
+            retry: LuaScript::new("jobs_retry", with_prelude(include_str!("../lua/retry.lua"))),
+            stats: LuaScript::new("jobs_stats", include_str!("../lua/stats.lua")),
+            leader: LuaScript::new("jobs_leader", include_str!("../lua/leader.lua")),
+            fire: LuaScript::new("jobs_fire", include_str!("../lua/fire.lua")),
+            resign: LuaScript::new("jobs_resign", include_str!("../lua/resign.lua")),
+        }
+    }
+
+    fn all(&self) -> [&LuaScript; 13] {
+        [
+            &self.enqueue,
+            &self.fetch,
+            &self.heartbeat,
+            &self.complete,
+            &self.release,
+            &self.promote,
+            &self.reap,
+            &self.cancel,
+            &self.retry,
+            &self.stats,
+            &self.leader,
+            &self.fire,
+            &self.resign,
+        ]
+    }
+}
+
+/// The Redis engine.
+pub struct RedisEngine {
+    redis: RedisHandle,
+    scripts: Scripts,
+    config: EngineConfig,
+    known_queues: Mutex<HashSet<String>>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl RedisEngine {
+    /// An engine on `redis` (scripts are loaded lazily, on first NOSCRIPT).
+    pub fn new(redis: RedisHandle, config: EngineConfig) -> Self {
+        Self {
+            redis,
+            scripts: Scripts::new(),
+            config,
+            known_queues: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Loads every script (optional: a call that meets NOSCRIPT loads its script).
+    pub async fn load_scripts(&self) -> EngineResult<()> {
+        let mut conn = self.redis.connection();
+        for script in self.scripts.all() {
+            self.redis.with_timeout(script.load(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    /// The Redis handle.
+    pub fn redis(&self) -> &RedisHandle {
+        &self.redis
+    }
+
+    fn base(&self, queue: &str) -> String {
+        self.redis.keys().tagged(&format!("q:{queue}"), "")
+    }
+
+    fn global(&self, name: &str) -> String {
+        format!("{}:{name}", self.redis.keys().prefix())
+    }
+
+    fn cron_key(&self, rest: &str) -> String {
+        self.redis.keys().tagged("cron", rest)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.redis.connection()
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[String],
+        args: &[String],
+    ) -> EngineResult<T> {
+        let mut conn = self.conn();
+        Ok(self
+            .redis
+            .with_timeout(script.invoke(&mut conn, keys, args))
+            .await?)
+    }
+
+    async fn remember_queue(&self, queue: &str) -> EngineResult<()> {
+        if self.known_queues.lock().contains(queue) {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let key = self.global("queues");
+        self.redis
+            .with_timeout(async {
+                let _: i64 = redis::cmd("SADD")
+                    .arg(&key)
+                    .arg(queue)
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            })
+            .await?;
+        self.known_queues.lock().insert(queue.to_string());
+        Ok(())
+    }
+
+    async fn queue_names(&self) -> EngineResult<Vec<String>> {
+        let mut conn = self.conn();
+        let key = self.global("queues");
+        let mut names: Vec<String> = self
+            .redis
+            .with_timeout(async {
+                Ok(redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Reads jobs of one queue by id (one pipelined HMGET per hash); missing ones are skipped.
+    async fn read_jobs(&self, queue: &str, ids: &[String]) -> EngineResult<Vec<Job>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let base = self.base(queue);
+        let mut pipe = redis::pipe();
+        for hash in ["spec", "st", "t", "w", "err", "res"] {
+            pipe.cmd("HMGET").arg(format!("{base}{hash}")).arg(ids);
+        }
+        let mut conn = self.conn();
+        let columns: Vec<Vec<Option<String>>> = self
+            .redis
+            .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
+            .await?;
+        let column =
+            |c: usize, i: usize| columns.get(c).and_then(|col| col.get(i)).cloned().flatten();
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let (Some(spec), Some(st)) = (column(0, i), column(1, i)) else {
+                continue;
+            };
+            out.push(decode_job(
+                id,
+                queue,
+                &spec,
+                &st,
+                column(2, i).as_deref().unwrap_or(""),
+                column(3, i),
+                column(4, i),
+                column(5, i),
+            )?);
+        }
+        Ok(out)
+    }
+
+    async fn find_queue_of(&self, id: &str) -> EngineResult<Option<String>> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let names = self.queue_names().await?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HEXISTS")
+                .arg(format!("{}st", self.base(name)))
+                .arg(id);
+        }
+        let mut conn = self.conn();
+        let exists: Vec<i64> = self
+            .redis
+            .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
+            .await?;
+        Ok(names
+            .into_iter()
+            .zip(exists)
+            .find(|(_, e)| *e == 1)
+            .map(|(n, _)| n))
+    }
+
+    async fn range(&self, cmd: &str, key: String, limit: usize) -> EngineResult<Vec<String>> {
+        let mut conn = self.conn();
+        let stop = limit.saturating_sub(1) as i64;
+        self.redis
+            .with_timeout(async {
+                Ok(redis::cmd(cmd)
+                    .arg(key)
+                    .arg(0)
+                    .arg(stop)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await
+            .map_err(EngineError::from)
+    }
+
+    async fn enqueue_chunk(&self, queue: &str, specs: &[JobSpec]) -> EngineResult<Vec<Enqueued>> {
+        let mut args = Vec::with_capacity(1 + specs.len() * 7);
+        args.push(specs.len().to_string());
+        for spec in specs {
+            let stored = serde_json::to_string(&StoredSpec::from(spec))
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            args.push(new_id());
+            args.push(stored);
+            args.push(spec.priority.to_string());
+            args.push(spec.max_attempts.to_string());
+            args.push(spec.unique_key.clone().unwrap_or_default());
+            args.push(spec.delay_ms.to_string());
+            args.push(spec.run_at.unwrap_or(-1).to_string());
+        }
+        let reply: Vec<String> = self
+            .invoke(&self.scripts.enqueue, &[self.base(queue)], &args)
+            .await?;
+        Ok(reply
+            .chunks(2)
+            .map(|pair| Enqueued {
+                id: pair.first().cloned().unwrap_or_default(),
+                duplicate: pair.get(1).is_some_and(|d| d == "1"),
+            })
+            .collect())
+    }
+
+    fn lease_args(leases: &[Lease]) -> Vec<String> {
+        leases
+            .iter()
+            .flat_map(|l| [l.id.clone(), l.attempt.to_string()])
+            .collect()
+    }
+}
+
+/// `state|attempt|priority|max_attempts|unique_key` and `created|enqueued|run_at|started|finished`.
+#[allow(clippy::too_many_arguments)]
+fn decode_job(
+    id: &str,
+    queue: &str,
+    spec: &str,
+    st: &str,
+    times: &str,
+    worker: Option<String>,
+    error: Option<String>,
+    result: Option<String>,
+) -> EngineResult<Job> {
+    let spec: StoredSpec = serde_json::from_str(spec)
+        .map_err(|e| EngineError::Corrupt(format!("job {id}: spec: {e}")))?;
+    let mut fields = st.splitn(5, '|');
+    let state = fields
+        .next()
+        .and_then(JobState::parse)
+        .ok_or_else(|| EngineError::Corrupt(format!("job {id}: bad state {st:?}")))?;
+    let attempts = fields
+        .next()
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(0);
+    let t: Vec<Option<i64>> = times.split('|').map(|v| v.parse().ok()).collect();
+    let time = |i: usize| t.get(i).copied().flatten();
+    Ok(Job {
+        id: id.to_string(),
+        queue: queue.to_string(),
+        kind: spec.kind,
+        payload: spec.payload,
+        priority: spec.priority,
+        state,
+        attempts,
+        max_attempts: spec.max_attempts,
+        timeout_ms: spec.timeout_ms,
+        run_at: time(2),
+        unique_key: spec.unique_key,
+        created_at: time(0).unwrap_or(0),
+        enqueued_at: time(1),
+        started_at: time(3),
+        finished_at: time(4),
+        worker,
+        result: result
+            .filter(|r| !r.is_empty())
+            .and_then(|r| serde_json::from_str(&r).ok()),
+        error,
+    })
+}
+
+fn decode_fetched(queue: &str, worker: &str, row: &[String]) -> EngineResult<Job> {
+    let field = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
+    let num = |i: usize| field(i).parse::<i64>().unwrap_or(0);
+    let id = field(0);
+    let spec: StoredSpec = serde_json::from_str(field(1))
+        .map_err(|e| EngineError::Corrupt(format!("job {id}: spec: {e}")))?;
+    Ok(Job {
+        id: id.to_string(),
+        queue: queue.to_string(),
+        kind: spec.kind,
+        payload: spec.payload,
+        priority: spec.priority,
+        state: JobState::Running,
+        attempts: num(2).max(0) as u32,
+        max_attempts: spec.max_attempts,
+        timeout_ms: spec.timeout_ms,
+        run_at: Some(num(5)),
+        unique_key: spec.unique_key,
+        created_at: num(3),
+        enqueued_at: Some(num(4)),
+        started_at: Some(num(6)),
+        finished_at: None,
+        worker: Some(worker.to_string()),
+        result: None,
+        error: None,
+    })
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> EngineResult<()> {
+        Ok(self.redis.ping().await?)
+    }
+
+    async fn enqueue(&self, jobs: Vec<JobSpec>) -> EngineResult<Vec<Enqueued>> {
+        for spec in &jobs {
+            spec.validate().map_err(EngineError::Invalid)?;
+        }
+        // Group by queue (each queue is one slot), keeping the answers in input order.
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, spec) in jobs.iter().enumerate() {
+            by_queue.entry(spec.queue.as_str()).or_default().push(i);
+        }
+        let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        for (queue, indexes) in by_queue {
+            self.remember_queue(queue).await?;
+            for chunk in indexes.chunks(MAX_BATCH) {
+                let specs: Vec<JobSpec> = chunk.iter().map(|&i| jobs[i].clone()).collect();
+                let answers = self.enqueue_chunk(queue, &specs).await?;
+                for (&i, answer) in chunk.iter().zip(answers) {
+                    out[i] = Some(answer);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| EngineError::Corrupt("short enqueue reply".into())))
+            .collect()
+    }
+
+    async fn fetch(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> EngineResult<Vec<Job>> {
+        validate_queue_name(queue).map_err(EngineError::Invalid)?;
+        let max = max.clamp(1, 1000);
+        let rows: Vec<Vec<String>> = self
+            .invoke(
+                &self.scripts.fetch,
+                &[self.base(queue)],
+                &[
+                    worker.to_string(),
+                    max.to_string(),
+                    ms(lease).to_string(),
+                    max.max(100).to_string(),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| decode_fetched(queue, worker, row))
+            .collect()
+    }
+
+    async fn heartbeat(
+        &self,
+        queue: &str,
+        leases: &[Lease],
+        lease: Duration,
+    ) -> EngineResult<Vec<String>> {
+        let mut lost = Vec::new();
+        for chunk in leases.chunks(1000) {
+            let mut args = vec![ms(lease).to_string()];
+            args.extend(Self::lease_args(chunk));
+            let part: Vec<String> = self
+                .invoke(&self.scripts.heartbeat, &[self.base(queue)], &args)
+                .await?;
+            lost.extend(part);
+        }
+        Ok(lost)
+    }
+
+    async fn complete(&self, queue: &str, results: &[Completion]) -> EngineResult<usize> {
+        let mut applied = 0;
+        for chunk in results.chunks(MAX_BATCH) {
+            let mut args = vec![
+                ms(self.config.retention).to_string(),
+                ms(self.config.dead_retention).to_string(),
+                self.config.recent_cap.to_string(),
+            ];
+            for c in chunk {
+                args.push(c.lease.id.clone());
+                args.push(c.lease.attempt.to_string());
+                match &c.outcome {
+                    Outcome::Succeeded(result) => {
+                        args.push("ok".into());
+                        args.push(result.as_ref().map(|r| r.to_string()).unwrap_or_default());
+                        args.push("0".into());
+                    }
+                    Outcome::Failed { error, backoff } => {
+                        args.push("fail".into());
+                        args.push(error.clone());
+                        args.push(ms(*backoff).to_string());
+                    }
+                    Outcome::Fatal(error) => {
+                        args.push("fatal".into());
+                        args.push(error.clone());
+                        args.push("0".into());
+                    }
+                }
+            }
+            let n: usize = self
+                .invoke(&self.scripts.complete, &[self.base(queue)], &args)
+                .await?;
+            applied += n;
+        }
+        Ok(applied)
+    }
+
+    async fn release(&self, queue: &str, leases: &[Lease]) -> EngineResult<usize> {
+        let mut n = 0;
+        for chunk in leases.chunks(1000) {
+            let part: usize = self
+                .invoke(
+                    &self.scripts.release,
+                    &[self.base(queue)],
+                    &Self::lease_args(chunk),
+                )
+                .await?;
+            n += part;
+        }
+        Ok(n)
+    }
+
+    async fn promote(&self, queue: &str, limit: usize) -> EngineResult<usize> {
+        self.invoke(
+            &self.scripts.promote,
+            &[self.base(queue)],
+            &[limit.clamp(1, 1000).to_string()],
+        )
+        .await
+    }
+
+    async fn reap(&self, queue: &str, limit: usize) -> EngineResult<usize> {
+        self.invoke(
+            &self.scripts.reap,
+            &[self.base(queue)],
+            &[
+                limit.clamp(1, 1000).to_string(),
+                ms(self.config.dead_retention).to_string(),
+                self.config.recent_cap.to_string(),
+            ],
+        )
+        .await
+    }
+
+    async fn get(&self, id: &str) -> EngineResult<Option<Job>> {
+        let Some(queue) = self.find_queue_of(id).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_jobs(&queue, &[id.to_string()])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn cancel(&self, id: &str) -> EngineResult<Option<JobState>> {
+        let Some(queue) = self.find_queue_of(id).await? else {
+            return Ok(None);
+        };
+        let reply: String = self
+            .invoke(
+                &self.scripts.cancel,
+                &[self.base(&queue)],
+                &[
+                    id.to_string(),
+                    ms(self.config.retention).to_string(),
+                    self.config.recent_cap.to_string(),
+                ],
+            )
+            .await?;
+        match reply.as_str() {
+            "ok" => Ok(Some(JobState::Cancelled)),
+            "missing" => Ok(None),
+            other => Err(EngineError::Conflict {
+                id: id.into(),
+                state: JobState::parse(other).unwrap_or(JobState::Succeeded),
+                action: "cancel",
+            }),
+        }
+    }
+
+    async fn retry(&self, id: &str) -> EngineResult<Option<JobState>> {
+        let Some(queue) = self.find_queue_of(id).await? else {
+            return Ok(None);
+        };
+        let reply: String = self
+            .invoke(&self.scripts.retry, &[self.base(&queue)], &[id.to_string()])
+            .await?;
+        match reply.as_str() {
+            "ok" => Ok(Some(JobState::Queued)),
+            "missing" => Ok(None),
+            other => Err(EngineError::Conflict {
+                id: id.into(),
+                state: JobState::parse(other).unwrap_or(JobState::Queued),
+                action: "retry",
+            }),
+        }
+    }
+
+    async fn list(&self, filter: &ListFilter) -> EngineResult<Vec<Job>> {
+        let limit = filter.limit.clamp(1, 1000);
+        let names = match &filter.queue {
+            Some(q) => vec![q.clone()],
+            None => self.queue_names().await?,
+        };
+        let states: Vec<JobState> = match filter.state {
+            Some(s) => vec![s],
+            None => vec![
+                JobState::Running,
+                JobState::Queued,
+                JobState::Scheduled,
+                JobState::Succeeded,
+                JobState::Dead,
+            ],
+        };
+        let mut out = Vec::new();
+        for name in names {
+            if validate_queue_name(&name).is_err() {
+                continue;
+            }
+            let base = self.base(&name);
+            let mut ids: Vec<String> = Vec::new();
+            for s in &states {
+                let part = match s {
+                    JobState::Running => {
+                        self.range("ZRANGE", format!("{base}inflight"), limit)
+                            .await?
+                    }
+                    JobState::Queued => {
+                        let prios = self.range("ZRANGE", format!("{base}prios"), 16).await?;
+                        let mut part = Vec::new();
+                        for p in prios {
+                            if part.len() >= limit {
+                                break;
+                            }
+                            part.extend(
+                                self.range("LRANGE", format!("{base}ready:{p}"), limit)
+                                    .await?,
+                            );
+                        }
+                        part
+                    }
+                    JobState::Scheduled | JobState::Retrying => {
+                        self.range("ZRANGE", format!("{base}scheduled"), limit)
+                            .await?
+                    }
+                    JobState::Dead => {
+                        self.range("ZREVRANGE", format!("{base}dead"), limit)
+                            .await?
+                    }
+                    JobState::Succeeded | JobState::Cancelled => {
+                        self.range("LRANGE", format!("{base}recent"), limit).await?
+                    }
+                };
+                ids.extend(part);
+            }
+            let mut seen = HashSet::new();
+            ids.retain(|id| seen.insert(id.clone()));
+            for job in self.read_jobs(&name, &ids).await? {
+                if filter.state.is_none_or(|s| s == job.state) && out.len() < limit {
+                    out.push(job);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn queues(&self) -> EngineResult<Vec<QueueStats>> {
+        let mut out = Vec::new();
+        for name in self.queue_names().await? {
+            if validate_queue_name(&name).is_err() {
+                continue;
+            }
+            let v: Vec<u64> = self
+                .invoke(&self.scripts.stats, &[self.base(&name)], &[] as &[String])
+                .await?;
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            out.push(QueueStats {
+                name,
+                queued: at(0),
+                scheduled: at(1),
+                running: at(2),
+                dead: at(3),
+                enqueued_total: at(4),
+                succeeded_total: at(5),
+                failed_total: at(6),
+                dead_total: at(7),
+                max_concurrency: at(8),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> EngineResult<()> {
+        validate_queue_name(queue).map_err(EngineError::Invalid)?;
+        self.remember_queue(queue).await?;
+        let key = format!("{}cfg", self.base(queue));
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg("max_concurrency")
+            .arg(limits.max_concurrency)
+            .ignore();
+        match &limits.rate_limit {
+            Some(rate) => {
+                let json =
+                    serde_json::to_string(rate).map_err(|e| EngineError::Invalid(e.to_string()))?;
+                pipe.cmd("HSET").arg(&key).arg("rate").arg(json).ignore();
+            }
+            None => {
+                pipe.cmd("HDEL").arg(&key).arg("rate").ignore();
+            }
+        }
+        let mut conn = self.conn();
+        self.redis
+            .with_timeout(async {
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn limits(&self, queue: &str) -> EngineResult<QueueLimits> {
+        validate_queue_name(queue).map_err(EngineError::Invalid)?;
+        let key = format!("{}cfg", self.base(queue));
+        let mut conn = self.conn();
+        let (max, rate): (Option<u64>, Option<String>) = self
+            .redis
+            .with_timeout(async {
+                Ok(redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("max_concurrency")
+                    .arg("rate")
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        Ok(QueueLimits {
+            max_concurrency: max.unwrap_or(0),
+            rate_limit: match rate {
+                Some(json) => Some(
+                    serde_json::from_str(&json)
+                        .map_err(|e| EngineError::Corrupt(format!("queue {queue} rate: {e}")))?,
+                ),
+                None => None,
+            },
+        })
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> EngineResult<()> {
+        let json = serde_json::to_string(info).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(self.global("workers"))
+            .arg(now_ms() + ms(ttl) as i64)
+            .arg(&info.id)
+            .ignore()
+            .cmd("SET")
+            .arg(self.global(&format!("worker:{}", info.id)))
+            .arg(json)
+            .arg("PX")
+            .arg(ms(ttl))
+            .ignore();
+        let mut conn = self.conn();
+        self.redis
+            .with_timeout(async {
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn unregister_worker(&self, id: &str) -> EngineResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(self.global("workers"))
+            .arg(id)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.global(&format!("worker:{id}")))
+            .ignore();
+        let mut conn = self.conn();
+        self.redis
+            .with_timeout(async {
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> EngineResult<Vec<WorkerInfo>> {
+        let key = self.global("workers");
+        let mut conn = self.conn();
+        let now = now_ms();
+        let ids: Vec<String> = self
+            .redis
+            .with_timeout(async {
+                let () = redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now)
+                    .query_async(&mut conn)
+                    .await
+                    .map(|_: i64| ())?;
+                Ok(redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(999)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.global(&format!("worker:{id}")))
+            .collect();
+        let mut conn = self.conn();
+        let values: Vec<Option<String>> = self
+            .redis
+            .with_timeout(async { Ok(redis::cmd("MGET").arg(keys).query_async(&mut conn).await?) })
+            .await?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> EngineResult<()> {
+        let json =
+            serde_json::to_string(schedule).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.global("schedules"))
+            .arg(&schedule.name)
+            .arg(json)
+            .ignore()
+            .cmd("HSETNX")
+            .arg(self.cron_key("last"))
+            .arg(&schedule.name)
+            .arg(now_ms())
+            .ignore();
+        let mut conn = self.conn();
+        self.redis
+            .with_timeout(async {
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn schedules(&self) -> EngineResult<Vec<Schedule>> {
+        let key = self.global("schedules");
+        let mut conn = self.conn();
+        let map: HashMap<String, String> = self
+            .redis
+            .with_timeout(async {
+                Ok(redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        let mut out: Vec<Schedule> = map
+            .values()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn delete_schedule(&self, name: &str) -> EngineResult<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
+            .arg(self.global("schedules"))
+            .arg(name)
+            .cmd("HDEL")
+            .arg(self.cron_key("last"))
+            .arg(name)
+            .ignore();
+        let mut conn = self.conn();
+        let (deleted,): (i64,) = self
+            .redis
+            .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn acquire_leadership(&self, node: &str, ttl: Duration) -> EngineResult<Option<u64>> {
+        let token: u64 = self
+            .invoke(
+                &self.scripts.leader,
+                &[self.cron_key("leader"), self.cron_key("fence")],
+                &[node.to_string(), ms(ttl).max(1).to_string()],
+            )
+            .await?;
+        Ok((token > 0).then_some(token))
+    }
+
+    async fn resign_leadership(&self, node: &str) -> EngineResult<()> {
+        let _: i64 = self
+            .invoke(
+                &self.scripts.resign,
+                &[self.cron_key("leader")],
+                &[node.to_string()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn last_fire(&self, schedule: &str) -> EngineResult<Option<i64>> {
+        let key = self.cron_key("last");
+        let mut conn = self.conn();
+        let value: Option<i64> = self
+            .redis
+            .with_timeout(async {
+                Ok(redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(schedule)
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        Ok(value)
+    }
+
+    async fn claim_fire(
+        &self,
+        node: &str,
+        token: u64,
+        schedule: &str,
+        tick_ms: i64,
+    ) -> EngineResult<bool> {
+        let claimed: i64 = self
+            .invoke(
+                &self.scripts.fire,
+                &[
+                    self.cron_key("leader"),
+                    self.cron_key("last"),
+                    self.cron_key(&format!("fired:{schedule}:{tick_ms}")),
+                ],
+                &[
+                    format!("{node}|{token}"),
+                    schedule.to_string(),
+                    tick_ms.to_string(),
+                    "fire".into(),
+                ],
+            )
+            .await?;
+        Ok(claimed == 1)
+    }
+
+    async fn skip_fire(
+        &self,
+        node: &str,
+        token: u64,
+        schedule: &str,
+        tick_ms: i64,
+    ) -> EngineResult<()> {
+        let _: i64 = self
+            .invoke(
+                &self.scripts.fire,
+                &[
+                    self.cron_key("leader"),
+                    self.cron_key("last"),
+                    self.cron_key(&format!("fired:{schedule}:{tick_ms}")),
+                ],
+                &[
+                    format!("{node}|{token}"),
+                    schedule.to_string(),
+                    tick_ms.to_string(),
+                    "skip".into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}

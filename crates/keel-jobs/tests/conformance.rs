@@ -1,0 +1,510 @@
+//! One conformance suite, run against both engines: the memory engine and the Redis engine on
+//! a private `redis-server`. Every behaviour a user can observe must match.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_jobs::{
+    Completion, Engine, EngineConfig, EngineError, JobSpec, JobState, Lease, ListFilter,
+    MemoryEngine, Outcome, QueueLimits, RedisEngine, Schedule, WorkerInfo,
+};
+use keel_redis::{RedisHandle, RedisSettings};
+use keel_testkit::RedisServer;
+use serde_json::json;
+
+/// Keeps the Redis server alive as long as the engine is used.
+struct Fixture {
+    engine: Arc<dyn Engine>,
+    _server: Option<RedisServer>,
+}
+
+fn memory(config: EngineConfig) -> Fixture {
+    Fixture {
+        engine: Arc::new(MemoryEngine::new(config)),
+        _server: None,
+    }
+}
+
+async fn redis(config: EngineConfig) -> Fixture {
+    let server = RedisServer::start().expect("redis-server");
+    let handle = RedisHandle::connect(&RedisSettings::new(server.url()))
+        .await
+        .expect("connect");
+    Fixture {
+        engine: Arc::new(RedisEngine::new(handle, config)),
+        _server: Some(server),
+    }
+}
+
+fn lease(job: &keel_jobs::Job) -> Lease {
+    Lease {
+        id: job.id.clone(),
+        attempt: job.attempts,
+    }
+}
+
+fn ok(job: &keel_jobs::Job) -> Completion {
+    Completion {
+        lease: lease(job),
+        outcome: Outcome::Succeeded(Some(json!({"ok": true}))),
+    }
+}
+
+fn spec(queue: &str) -> JobSpec {
+    JobSpec::new("noop", json!({})).queue(queue)
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn lifecycle_success(e: Arc<dyn Engine>) {
+    let ids = e
+        .enqueue(vec![spec("q"), spec("q"), spec("q")])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|i| !i.duplicate));
+    let job = e.get(&ids[0].id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts, 0);
+    let fetched = e.fetch("q", "w1", 10, LEASE).await.unwrap();
+    assert_eq!(fetched.len(), 3);
+    let order: Vec<_> = fetched.iter().map(|j| j.id.clone()).collect();
+    let expected: Vec<_> = ids.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(order, expected, "FIFO within a priority");
+    assert!(fetched
+        .iter()
+        .all(|j| j.attempts == 1 && j.state == JobState::Running));
+    assert_eq!(e.fetch("q", "w1", 10, LEASE).await.unwrap().len(), 0);
+    let running = e.get(&ids[1].id).await.unwrap().unwrap();
+    assert_eq!(running.state, JobState::Running);
+    assert_eq!(running.worker.as_deref(), Some("w1"));
+    let acks: Vec<_> = fetched.iter().map(ok).collect();
+    assert_eq!(e.complete("q", &acks).await.unwrap(), 3);
+    let done = e.get(&ids[2].id).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.result, Some(json!({"ok": true})));
+    assert!(done.finished_at.is_some());
+    // Acking twice changes nothing.
+    assert_eq!(e.complete("q", &acks).await.unwrap(), 0);
+    let stats = e.queues().await.unwrap();
+    let q = stats.iter().find(|s| s.name == "q").unwrap();
+    assert_eq!(
+        (q.queued, q.running, q.enqueued_total, q.succeeded_total),
+        (0, 0, 3, 3)
+    );
+    let listed = e
+        .list(&ListFilter {
+            queue: Some("q".into()),
+            state: Some(JobState::Succeeded),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+}
+
+async fn priorities(e: Arc<dyn Engine>) {
+    let mut specs = Vec::new();
+    for p in [0, 10, -5, 10] {
+        let mut s = spec("p");
+        s.priority = p;
+        specs.push(s);
+    }
+    let ids = e.enqueue(specs).await.unwrap();
+    let fetched = e.fetch("p", "w", 10, LEASE).await.unwrap();
+    let order: Vec<_> = fetched.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(
+        order,
+        vec![
+            ids[1].id.clone(),
+            ids[3].id.clone(),
+            ids[0].id.clone(),
+            ids[2].id.clone()
+        ]
+    );
+}
+
+async fn delayed_jobs(e: Arc<dyn Engine>) {
+    let mut s = spec("d");
+    s.delay_ms = 300;
+    let id = e.enqueue(vec![s]).await.unwrap().remove(0).id;
+    assert_eq!(
+        e.get(&id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
+    assert!(e.fetch("d", "w", 10, LEASE).await.unwrap().is_empty());
+    let mut past = spec("d");
+    past.run_at = Some(0);
+    let now_id = e.enqueue(vec![past]).await.unwrap().remove(0).id;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(e.promote("d", 100).await.unwrap(), 1);
+    let fetched = e.fetch("d", "w", 10, LEASE).await.unwrap();
+    let got: Vec<_> = fetched.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(got, vec![now_id, id]);
+}
+
+async fn retries_then_dead_then_replay(e: Arc<dyn Engine>) {
+    let mut s = spec("r");
+    s.max_attempts = 2;
+    let id = e.enqueue(vec![s]).await.unwrap().remove(0).id;
+    let job = e.fetch("r", "w", 1, LEASE).await.unwrap().remove(0);
+    let fail = |job: &keel_jobs::Job| Completion {
+        lease: lease(job),
+        outcome: Outcome::Failed {
+            error: "boom".into(),
+            backoff: Duration::ZERO,
+        },
+    };
+    assert_eq!(e.complete("r", &[fail(&job)]).await.unwrap(), 1);
+    let retrying = e.get(&id).await.unwrap().unwrap();
+    assert_eq!(retrying.state, JobState::Retrying);
+    assert_eq!(retrying.error.as_deref(), Some("boom"));
+    // The fetch promotes due retries itself.
+    let job = e.fetch("r", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(job.attempts, 2);
+    e.complete("r", &[fail(&job)]).await.unwrap();
+    let dead = e.get(&id).await.unwrap().unwrap();
+    assert_eq!(dead.state, JobState::Dead);
+    let dead_list = e
+        .list(&ListFilter {
+            queue: Some("r".into()),
+            state: Some(JobState::Dead),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead_list.len(), 1);
+    let stats = e.queues().await.unwrap();
+    let q = stats.iter().find(|s| s.name == "r").unwrap();
+    assert_eq!((q.dead, q.failed_total, q.dead_total), (1, 2, 1));
+    // Replay.
+    assert_eq!(e.retry(&id).await.unwrap(), Some(JobState::Queued));
+    let again = e.fetch("r", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(again.attempts, 1);
+    assert!(matches!(
+        e.retry(&id).await,
+        Err(EngineError::Conflict { .. })
+    ));
+    // A fatal failure goes straight to dead.
+    e.complete(
+        "r",
+        &[Completion {
+            lease: lease(&again),
+            outcome: Outcome::Fatal("bad payload".into()),
+        }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(e.get(&id).await.unwrap().unwrap().state, JobState::Dead);
+}
+
+async fn expired_leases_are_reaped(e: Arc<dyn Engine>) {
+    let mut s = spec("l");
+    s.max_attempts = 2;
+    let id = e.enqueue(vec![s]).await.unwrap().remove(0).id;
+    let first = e
+        .fetch("l", "w1", 1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(e.reap("l", 100).await.unwrap(), 1);
+    assert_eq!(e.get(&id).await.unwrap().unwrap().state, JobState::Queued);
+    // The lost worker's late ack is ignored: its attempt no longer holds the lease.
+    assert_eq!(e.complete("l", &[ok(&first)]).await.unwrap(), 0);
+    let lost = e.heartbeat("l", &[lease(&first)], LEASE).await.unwrap();
+    assert_eq!(lost, vec![id.clone()]);
+    let second = e
+        .fetch("l", "w2", 1, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.attempts, 2);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(e.reap("l", 100).await.unwrap(), 1);
+    let dead = e.get(&id).await.unwrap().unwrap();
+    assert_eq!(
+        dead.state,
+        JobState::Dead,
+        "poison jobs are not retried forever"
+    );
+}
+
+async fn heartbeats_renew_leases(e: Arc<dyn Engine>) {
+    e.enqueue(vec![spec("h")]).await.unwrap();
+    let job = e
+        .fetch("h", "w", 1, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .remove(0);
+    let lost = e
+        .heartbeat("h", &[lease(&job)], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(lost.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(e.reap("h", 100).await.unwrap(), 0);
+    assert_eq!(e.complete("h", &[ok(&job)]).await.unwrap(), 1);
+}
+
+async fn cancel_queued_running_and_finished(e: Arc<dyn Engine>) {
+    let ids = e
+        .enqueue(vec![spec("c"), spec("c"), spec("c")])
+        .await
+        .unwrap();
+    assert_eq!(
+        e.cancel(&ids[0].id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    let running = e.fetch("c", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(
+        running.id, ids[1].id,
+        "a cancelled queued job is never fetched"
+    );
+    assert_eq!(
+        e.cancel(&running.id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    let lost = e.heartbeat("c", &[lease(&running)], LEASE).await.unwrap();
+    assert_eq!(
+        lost,
+        vec![running.id.clone()],
+        "the worker learns of the cancel"
+    );
+    assert_eq!(e.complete("c", &[ok(&running)]).await.unwrap(), 0);
+    assert_eq!(
+        e.get(&running.id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+    assert!(matches!(
+        e.cancel(&running.id).await,
+        Err(EngineError::Conflict { .. })
+    ));
+    let mut delayed = spec("c");
+    delayed.delay_ms = 60_000;
+    let d = e.enqueue(vec![delayed]).await.unwrap().remove(0).id;
+    assert_eq!(e.cancel(&d).await.unwrap(), Some(JobState::Cancelled));
+    assert_eq!(e.cancel("01ARZ3NDEKTSV4RRFFQ69G5FAV").await.unwrap(), None);
+    // Cancelled jobs can be replayed.
+    assert_eq!(e.retry(&d).await.unwrap(), Some(JobState::Queued));
+}
+
+async fn unique_keys(e: Arc<dyn Engine>) {
+    let mut s = spec("u");
+    s.unique_key = Some("report-42".into());
+    let first = e.enqueue(vec![s.clone()]).await.unwrap().remove(0);
+    let second = e.enqueue(vec![s.clone()]).await.unwrap().remove(0);
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.id, second.id);
+    let job = e.fetch("u", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(
+        e.enqueue(vec![s.clone()]).await.unwrap().remove(0).id,
+        first.id,
+        "still live while running"
+    );
+    e.complete("u", &[ok(&job)]).await.unwrap();
+    let third = e.enqueue(vec![s]).await.unwrap().remove(0);
+    assert!(!third.duplicate);
+    assert_ne!(third.id, first.id, "finished jobs release their key");
+}
+
+async fn release_hands_back_without_counting(e: Arc<dyn Engine>) {
+    let ids = e.enqueue(vec![spec("rel"), spec("rel")]).await.unwrap();
+    let job = e.fetch("rel", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(e.release("rel", &[lease(&job)]).await.unwrap(), 1);
+    let back = e.get(&ids[0].id).await.unwrap().unwrap();
+    assert_eq!((back.state, back.attempts), (JobState::Queued, 0));
+    let again = e.fetch("rel", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(again.id, ids[0].id, "handed-back jobs go to the front");
+    assert_eq!(again.attempts, 1);
+}
+
+async fn big_batches_lose_nothing(e: Arc<dyn Engine>) {
+    let specs: Vec<_> = (0..2500).map(|_| spec("big")).collect();
+    let ids = e.enqueue(specs).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let batch = e.fetch("big", "w", 1000, LEASE).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let acks: Vec<_> = batch.iter().map(ok).collect();
+        assert_eq!(e.complete("big", &acks).await.unwrap(), batch.len());
+        for job in batch {
+            assert!(seen.insert(job.id), "fetched twice");
+        }
+    }
+    assert_eq!(seen.len(), 2500);
+    assert!(ids.iter().all(|i| seen.contains(&i.id)));
+}
+
+async fn finished_jobs_expire(e: Arc<dyn Engine>) {
+    let id = e.enqueue(vec![spec("x")]).await.unwrap().remove(0).id;
+    let job = e.fetch("x", "w", 1, LEASE).await.unwrap().remove(0);
+    e.complete("x", &[ok(&job)]).await.unwrap();
+    assert!(e.get(&id).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    e.reap("x", 100).await.unwrap();
+    assert!(e.get(&id).await.unwrap().is_none(), "gone after retention");
+}
+
+async fn concurrency_limit(e: Arc<dyn Engine>) {
+    let limits = QueueLimits {
+        max_concurrency: 2,
+        rate_limit: Some(keel_jobs::QueueRate {
+            limit: 10,
+            period_ms: 1000,
+            burst: Some(2),
+        }),
+    };
+    e.set_limits("lim", &limits).await.unwrap();
+    assert_eq!(e.limits("lim").await.unwrap(), limits);
+    assert_eq!(e.limits("other").await.unwrap(), QueueLimits::default());
+    e.enqueue((0..5).map(|_| spec("lim")).collect())
+        .await
+        .unwrap();
+    let first = e.fetch("lim", "w1", 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(e.fetch("lim", "w2", 10, LEASE).await.unwrap().is_empty());
+    e.complete("lim", &[ok(&first[0])]).await.unwrap();
+    assert_eq!(e.fetch("lim", "w2", 10, LEASE).await.unwrap().len(), 1);
+    let stats = e.queues().await.unwrap();
+    assert_eq!(
+        stats
+            .iter()
+            .find(|s| s.name == "lim")
+            .unwrap()
+            .max_concurrency,
+        2
+    );
+}
+
+async fn leadership_and_fire_dedup(e: Arc<dyn Engine>) {
+    let ttl = Duration::from_millis(300);
+    let a = e.acquire_leadership("a", ttl).await.unwrap().unwrap();
+    assert_eq!(e.acquire_leadership("b", ttl).await.unwrap(), None);
+    assert_eq!(e.acquire_leadership("a", ttl).await.unwrap(), Some(a));
+    assert!(e.claim_fire("a", a, "s", 1000).await.unwrap());
+    assert!(
+        !e.claim_fire("a", a, "s", 1000).await.unwrap(),
+        "once per tick"
+    );
+    assert!(
+        !e.claim_fire("b", 99, "s", 2000).await.unwrap(),
+        "not leader"
+    );
+    assert_eq!(e.last_fire("s").await.unwrap(), Some(1000));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = e.acquire_leadership("b", ttl).await.unwrap().unwrap();
+    assert!(b > a, "fencing token grows");
+    assert!(
+        !e.claim_fire("a", a, "s", 2000).await.unwrap(),
+        "stale leader"
+    );
+    assert!(
+        !e.claim_fire("b", b, "s", 1000).await.unwrap(),
+        "tick already fired"
+    );
+    e.skip_fire("b", b, "s", 3000).await.unwrap();
+    assert_eq!(e.last_fire("s").await.unwrap(), Some(3000));
+    e.resign_leadership("b").await.unwrap();
+    assert!(e.acquire_leadership("a", ttl).await.unwrap().is_some());
+}
+
+async fn workers_and_schedules(e: Arc<dyn Engine>) {
+    let info = WorkerInfo {
+        id: "w-1".into(),
+        queues: vec!["default".into()],
+        concurrency: 4,
+        running: 1,
+        started_at: 1,
+        last_seen: 2,
+    };
+    e.register_worker(&info, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(e.workers().await.unwrap(), vec![info]);
+    e.unregister_worker("w-1").await.unwrap();
+    assert!(e.workers().await.unwrap().is_empty());
+    let schedule = Schedule {
+        name: "nightly".into(),
+        cron: "0 3 * * *".into(),
+        timezone: "Europe/Paris".into(),
+        missed: keel_jobs::MissedPolicy::Once,
+        job: spec("default"),
+    };
+    e.put_schedule(&schedule).await.unwrap();
+    assert_eq!(e.schedules().await.unwrap(), vec![schedule]);
+    assert!(e.last_fire("nightly").await.unwrap().is_some());
+    assert!(e.delete_schedule("nightly").await.unwrap());
+    assert!(!e.delete_schedule("nightly").await.unwrap());
+    assert!(e.schedules().await.unwrap().is_empty());
+}
+
+async fn invalid_input_is_refused(e: Arc<dyn Engine>) {
+    let bad = spec("bad queue");
+    assert!(matches!(
+        e.enqueue(vec![bad]).await,
+        Err(EngineError::Invalid(_))
+    ));
+    assert!(e.get("not-an-id").await.unwrap().is_none());
+}
+
+fn short_retention() -> EngineConfig {
+    EngineConfig {
+        retention: Duration::from_millis(200),
+        ..EngineConfig::default()
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident $(with $config:expr)?),* $(,)?) => {
+        mod memory_engine {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut config = EngineConfig::default();
+                    $(config = $config;)?
+                    let fixture = memory(config);
+                    super::$name(fixture.engine.clone()).await;
+                }
+            )*
+        }
+        mod redis_engine {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut config = EngineConfig::default();
+                    $(config = $config;)?
+                    let fixture = redis(config).await;
+                    super::$name(fixture.engine.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    lifecycle_success,
+    priorities,
+    delayed_jobs,
+    retries_then_dead_then_replay,
+    expired_leases_are_reaped,
+    heartbeats_renew_leases,
+    cancel_queued_running_and_finished,
+    unique_keys,
+    release_hands_back_without_counting,
+    big_batches_lose_nothing,
+    finished_jobs_expire with short_retention(),
+    concurrency_limit,
+    leadership_and_fire_dedup,
+    workers_and_schedules,
+    invalid_input_is_refused,
+);
