@@ -53,10 +53,10 @@ pub enum Command {
 pub enum BenchCommand {
     /// Rate-limit decisions per second: Redis and memory engines against their baselines.
     Limit(crate::limit_cmd::LimitBenchArgs),
-    /// Resident memory per idle registered chat connection, beside ngircd.
-    Chat(crate::chat_bench::ChatBenchArgs),
     /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
     Jobs(crate::bench_jobs::BenchJobsArgs),
+    /// Resident memory per idle registered chat connection, beside ngircd.
+    Chat(crate::chat_bench::ChatBenchArgs),
 }
 
 /// Where a role keeps its state.
@@ -122,11 +122,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(args) => crate::dev_cmd::run(args).await,
         Command::Bench(BenchCommand::Limit(args)) => crate::limit_cmd::bench(args).await,
-        Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
         Command::Bench(BenchCommand::Jobs(args)) => crate::bench_jobs::bench_jobs(args).await,
         Command::Master(args) => crate::jobs_cmd::master(args).await,
         Command::Worker(args) => crate::jobs_cmd::worker(args).await,
         Command::Job(args) => crate::jobs_cmd::job(args).await,
+        Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
     }
 }
 
