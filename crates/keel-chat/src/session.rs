@@ -564,7 +564,7 @@ impl<E: ChatEngine> Session<E> {
             format!("NETWORK={}", c.network),
             format!("NICKLEN={NICKLEN}"),
             s("PREFIX=(ov)@+"),
-            format!("TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:{MAX_TARGETS},KICK:1,WHOIS:1,MONITOR:"),
+            format!("TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:{MAX_TARGETS},KICK:{MAX_TARGETS},WHOIS:1,MONITOR:"),
             format!("TOPICLEN={TOPICLEN}"),
             s("USERLEN=18"),
             s("UTF8ONLY"),
@@ -1232,9 +1232,20 @@ impl<E: ChatEngine> Session<E> {
     }
 
     async fn cmd_kick(&mut self, msg: &Message) {
-        let chan = msg.params[0].clone();
-        let nick = msg.params[1].clone();
-        let reason = msg.param(2).unwrap_or(&nick).to_owned();
+        let users: Vec<String> = msg.params[1]
+            .split(',')
+            .filter(|u| !u.is_empty())
+            .take(MAX_TARGETS)
+            .map(str::to_owned)
+            .collect();
+        for nick in users {
+            self.kick_one(&msg.params[0], nick, msg.param(2)).await;
+        }
+    }
+
+    async fn kick_one(&mut self, chan: &str, nick: String, reason: Option<&str>) {
+        let chan = chan.to_owned();
+        let reason = reason.unwrap_or(&nick).to_owned();
         let Some(info) = self.shared.engine.channel(&chan).await else {
             self.num("403", vec![chan, s("No such channel")]);
             return;

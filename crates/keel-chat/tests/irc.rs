@@ -378,9 +378,20 @@ async fn channel_operations() {
     op.expect(|m| m.command == "306").await;
     let away = u.expect(|m| m.command == "AWAY").await;
     assert_eq!(away.param(0), Some("lunch"));
-    op.send("KICK #ops user :out").await;
+    let mut third = Client::register(server.irc, "third").await;
+    third.send("JOIN #ops secret").await;
+    third.expect(|m| m.command == "366").await;
+    op.send("KICK #ops user,third :out").await;
     let kick = u.expect(|m| m.command == "KICK").await;
     assert_eq!(kick.params, vec!["#ops", "user", "out"]);
+    let kick = third.expect(|m| m.command == "KICK").await;
+    assert_eq!(
+        kick.params,
+        vec!["#ops", "user", "out"],
+        "members see every kick"
+    );
+    let kick = third.expect(|m| m.command == "KICK").await;
+    assert_eq!(kick.params, vec!["#ops", "third", "out"]);
     op.send("MODE #ops +i").await;
     op.expect(|m| m.command == "MODE").await;
     u.send("JOIN #ops secret").await;

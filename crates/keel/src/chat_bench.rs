@@ -90,13 +90,13 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child) -> anyhow::Result<(
     anyhow::bail!("server did not listen on {addr}")
 }
 
-/// Source address for connection `i`: 127.1.0.1 and up, 250 connections per address.
+/// Source address for connection `i`: one address per connection from 127.1.0.1 up (ngircd
+/// throttles repeated connections from one address).
 fn source(i: usize) -> Ipv4Addr {
-    let host = i / 250;
     Ipv4Addr::new(
         127,
-        1 + (host / 250 % 200) as u8,
-        (host % 250) as u8,
+        1 + (i / 62_500 % 200) as u8,
+        (i / 250 % 250) as u8,
         1 + (i % 250) as u8,
     )
 }
