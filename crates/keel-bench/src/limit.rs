@@ -353,10 +353,15 @@ fn memory_engine(
     options: &LimitBenchOptions,
 ) -> Scenario {
     let engine = MemoryEngine::new();
-    let requests = requests(spec, keys);
+    let names: Vec<String> = (0..keys)
+        .map(|i| format!("keel:{{rl:bench-{i}}}:bench:gcra"))
+        .collect();
     let order = key_order(keys);
+    // One key per call, as governor's `check_key`: the engine's single-check path.
     tight_loop(name, options, |i| {
-        engine.check_now(&requests[order[i % order.len()]]).allowed
+        engine
+            .check_one(&names[order[i % order.len()]], &spec, 1)
+            .allowed
     })
 }
 

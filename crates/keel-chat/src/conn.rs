@@ -94,7 +94,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for StreamTra
         }
         self.stream.write_all(&self.out).await?;
         self.stream.flush().await?;
-        if self.out.capacity() > 64 * 1024 {
+        // Idle connections keep no write buffer beyond a small one.
+        if self.out.capacity() > 1024 {
             self.out = Vec::new();
         }
         if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
@@ -156,11 +157,11 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shared.unregistered.fetch_add(1, Ordering::Relaxed);
     let kill = handle.kill_token();
     let mut session = Session::new(shared.clone(), handle.clone(), peer);
-    let cfg = shared.config.clone();
+    let cfg = &shared.config;
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
-    let mut lines: Vec<String> = Vec::with_capacity(8);
+    let mut lines: Vec<String> = Vec::new();
     tracing::debug!(id = handle.id, %peer, "connection opened");
 
     // Lines read but not yet run: flood control holds them back (fakelag); a client that
@@ -183,15 +184,19 @@ pub async fn run<E: ChatEngine, T: Transport>(
                     break;
                 }
             }
-            process_line(&mut session, &line, &cfg.server_name).await;
+            Box::pin(process_line(&mut session, &line, &cfg.server_name)).await;
             if !session.out.is_empty() {
                 let caps = session.caps();
                 lines.clear();
                 lines.extend(session.out.drain(..).map(|m| render(caps, &m)));
+                if session.out.capacity() > 16 {
+                    session.out = Vec::new();
+                }
                 tokio::select! {
                     r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
                     _ = kill.cancelled() => continue 'conn,
                 }
+                release(&mut lines);
             }
             if let Some(reason) = session.quit.take() {
                 break 'conn reason;
@@ -276,12 +281,13 @@ pub async fn run<E: ChatEngine, T: Transport>(
                     r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
                     _ = kill.cancelled() => continue,
                 }
+                release(&mut lines);
             }
         }
     };
 
     tracing::debug!(id = handle.id, %peer, %reason, "connection closing");
-    session.depart(&reason).await;
+    Box::pin(session.depart(&reason)).await;
     shared.hub.remove(handle.id);
     if reason != "SendQ exceeded" && reason != "Write error" {
         let text = format!("Closing Link: {} ({reason})", peer.ip());
@@ -294,6 +300,14 @@ pub async fn run<E: ChatEngine, T: Transport>(
     }
 }
 
+/// Drops written lines; an idle connection keeps no output around.
+fn release(lines: &mut Vec<String>) {
+    lines.clear();
+    if lines.capacity() > 16 {
+        *lines = Vec::new();
+    }
+}
+
 fn session_nick<E: ChatEngine>(session: &Session<E>) -> String {
     session.nick().unwrap_or("*").to_owned()
 }
@@ -303,7 +317,9 @@ async fn process_line<E: ChatEngine>(session: &mut Session<E>, line: &[u8], serv
     match Message::parse(line) {
         Ok(msg) => {
             let label = msg.tag("label").map(str::to_owned);
-            session.handle(msg).await;
+            // Boxed: the command future is large and lives only while a command runs, so it
+            // should not be part of every idle connection's task.
+            Box::pin(session.handle(msg)).await;
             session.finish_label(label);
         }
         Err(ParseError::Empty) => {}
@@ -338,4 +354,91 @@ fn command_of(line: &[u8]) -> String {
         .map(|w| String::from_utf8_lossy(w).to_ascii_uppercase())
         .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric()))
         .unwrap_or_else(|| "*".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::engine::MemoryEngine;
+
+    /// With paused time the heartbeat is exact: PING after `ping_interval` of silence, drop
+    /// after `ping_timeout` more, never earlier.
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_pings_then_drops_at_exact_times() {
+        let config = crate::Config {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ..crate::Config::default()
+        };
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(run(
+            shared.clone(),
+            StreamTransport::new(server_side),
+            "127.0.0.1:1".parse().expect("addr"),
+            Shutdown::new(),
+        ));
+        let (r, mut w) = tokio::io::split(client_side);
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"NICK ghost\r\nUSER g 0 * :G\r\n")
+            .await
+            .expect("write");
+        let mut line = String::new();
+        while !line.contains(" 376 ") {
+            line = lines.next_line().await.expect("read").expect("line");
+        }
+        let quiet = Instant::now();
+        let ping = lines.next_line().await.expect("read").expect("line");
+        assert!(ping.starts_with("PING "), "{ping}");
+        assert_eq!(quiet.elapsed().as_secs(), 30);
+        let pinged = Instant::now();
+        let error = lines.next_line().await.expect("read").expect("line");
+        assert!(
+            error.starts_with("ERROR :Closing Link") && error.contains("Ping timeout: 90 seconds"),
+            "{error}"
+        );
+        assert_eq!(pinged.elapsed().as_secs(), 60);
+        task.await.expect("task");
+        assert!(shared.hub.is_empty(), "presence removed");
+        assert!(shared.engine.find_nick("ghost").await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_client_is_never_dropped() {
+        let config = crate::Config {
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(60),
+            ..crate::Config::default()
+        };
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let (server_side, client_side) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(run(
+            shared.clone(),
+            StreamTransport::new(server_side),
+            "127.0.0.1:1".parse().expect("addr"),
+            Shutdown::new(),
+        ));
+        let (r, mut w) = tokio::io::split(client_side);
+        let mut lines = BufReader::new(r).lines();
+        w.write_all(b"NICK alive\r\nUSER a 0 * :A\r\n")
+            .await
+            .expect("write");
+        let mut pings = 0;
+        while pings < 10 {
+            let line = lines.next_line().await.expect("read").expect("line");
+            assert!(!line.starts_with("ERROR"), "{line}");
+            if let Some(token) = line.strip_prefix("PING ") {
+                w.write_all(format!("PONG {token}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+                pings += 1;
+            }
+        }
+        assert!(shared.engine.find_nick("alive").await.is_some());
+    }
 }

@@ -160,26 +160,34 @@ async fn accept_loop<E: ChatEngine>(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => serve_tcp(shared, stream, peer, shutdown).await,
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(tls)) => {
-                            conn::run(shared, StreamTransport::new(tls), peer, shutdown).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+        // Separate tasks for TCP and TLS: an idle plain connection's task is sized for
+        // plain TCP only.
+        match tls.clone() {
+            None => {
+                tokio::spawn(serve_tcp(shared, stream, peer, shutdown));
             }
-        });
+            Some(acceptor) => {
+                tokio::spawn(serve_tls(shared, acceptor, stream, peer, shutdown));
+            }
+        }
+    }
+}
+
+async fn serve_tls<E: ChatEngine>(
+    shared: Arc<Shared<E>>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) {
+    let handshake =
+        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+    match handshake {
+        Ok(Ok(tls)) => {
+            conn::run(shared, StreamTransport::new(tls), peer, shutdown).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 

@@ -231,7 +231,7 @@ impl<E: ChatEngine> Session<E> {
             return;
         }
         let min = match command.as_str() {
-            "PASS" | "JOIN" | "PART" | "TOPIC" | "MODE" | "ISON" | "USERHOST" | "OPER"
+            "PASS" | "PING" | "JOIN" | "PART" | "TOPIC" | "MODE" | "ISON" | "USERHOST" | "OPER"
             | "AUTHENTICATE" | "SETNAME" | "MONITOR" | "WHOWAS" | "TAGMSG" => 1,
             "KICK" | "INVITE" | "KILL" => 2,
             "USER" => 4,
@@ -564,7 +564,7 @@ impl<E: ChatEngine> Session<E> {
             format!("NETWORK={}", c.network),
             format!("NICKLEN={NICKLEN}"),
             s("PREFIX=(ov)@+"),
-            format!("TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:{MAX_TARGETS},KICK:1,WHOIS:1,MONITOR:"),
+            format!("TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},TAGMSG:{MAX_TARGETS},JOIN:,PART:,NAMES:{MAX_TARGETS},KICK:{MAX_TARGETS},WHOIS:1,MONITOR:"),
             format!("TOPICLEN={TOPICLEN}"),
             s("USERLEN=18"),
             s("UTF8ONLY"),
@@ -1232,9 +1232,20 @@ impl<E: ChatEngine> Session<E> {
     }
 
     async fn cmd_kick(&mut self, msg: &Message) {
-        let chan = msg.params[0].clone();
-        let nick = msg.params[1].clone();
-        let reason = msg.param(2).unwrap_or(&nick).to_owned();
+        let users: Vec<String> = msg.params[1]
+            .split(',')
+            .filter(|u| !u.is_empty())
+            .take(MAX_TARGETS)
+            .map(str::to_owned)
+            .collect();
+        for nick in users {
+            self.kick_one(&msg.params[0], nick, msg.param(2)).await;
+        }
+    }
+
+    async fn kick_one(&mut self, chan: &str, nick: String, reason: Option<&str>) {
+        let chan = chan.to_owned();
+        let reason = reason.unwrap_or(&nick).to_owned();
         let Some(info) = self.shared.engine.channel(&chan).await else {
             self.num("403", vec![chan, s("No such channel")]);
             return;
@@ -1730,18 +1741,23 @@ impl<E: ChatEngine> Session<E> {
     async fn monitor_online(&mut self) {
         let mask = self.mask();
         let watchers = self.shared.engine.watchers(&self.me()).await;
-        let server = self.server().to_owned();
-        for h in self.shared.hub.many(&watchers) {
-            let m = Message::new("730", vec![s("*"), mask.clone()]).with_source(server.clone());
-            h.send(Arc::new(m));
-        }
+        self.monitor_notify(&watchers, "730", mask).await;
     }
 
     async fn monitor_offline(&mut self, nick: &str) {
         let watchers = self.shared.engine.watchers(nick).await;
+        self.monitor_notify(&watchers, "731", nick.to_owned()).await;
+    }
+
+    /// `:server 730|731 <watcher's nick> :<target>` to each watcher connected here.
+    async fn monitor_notify(&mut self, watchers: &[ClientId], code: &str, target: String) {
         let server = self.server().to_owned();
-        for h in self.shared.hub.many(&watchers) {
-            let m = Message::new("731", vec![s("*"), nick.to_owned()]).with_source(server.clone());
+        for h in self.shared.hub.many(watchers) {
+            let Some(watcher) = self.shared.engine.client(h.id).await else {
+                continue;
+            };
+            let m =
+                Message::new(code, vec![watcher.nick, target.clone()]).with_source(server.clone());
             h.send(Arc::new(m));
         }
     }

@@ -135,11 +135,12 @@ async fn monitor_notices_on_connect_and_quit() {
     assert_eq!(offline.param(1), Some("bob,carol"));
     let mut bob = Client::register(server.irc, "bob").await;
     let online = alice.expect(|m| m.command == "730").await;
+    assert_eq!(online.param(0), Some("alice"));
     assert!(online.param(1).unwrap().starts_with("bob!"), "{online:?}");
     bob.send("QUIT :bye").await;
     bob.expect_closed().await;
     let gone = alice.expect(|m| m.command == "731").await;
-    assert_eq!(gone.param(1), Some("bob"));
+    assert_eq!(gone.params, vec!["alice", "bob"]);
     alice.send("MONITOR L").await;
     let list = alice.expect(|m| m.command == "732").await;
     let mut nicks: Vec<&str> = list.param(1).unwrap().split(',').collect();
@@ -377,9 +378,20 @@ async fn channel_operations() {
     op.expect(|m| m.command == "306").await;
     let away = u.expect(|m| m.command == "AWAY").await;
     assert_eq!(away.param(0), Some("lunch"));
-    op.send("KICK #ops user :out").await;
+    let mut third = Client::register(server.irc, "third").await;
+    third.send("JOIN #ops secret").await;
+    third.expect(|m| m.command == "366").await;
+    op.send("KICK #ops user,third :out").await;
     let kick = u.expect(|m| m.command == "KICK").await;
     assert_eq!(kick.params, vec!["#ops", "user", "out"]);
+    let kick = third.expect(|m| m.command == "KICK").await;
+    assert_eq!(
+        kick.params,
+        vec!["#ops", "user", "out"],
+        "members see every kick"
+    );
+    let kick = third.expect(|m| m.command == "KICK").await;
+    assert_eq!(kick.params, vec!["#ops", "third", "out"]);
     op.send("MODE #ops +i").await;
     op.expect(|m| m.command == "MODE").await;
     u.send("JOIN #ops secret").await;

@@ -140,6 +140,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Sets a queue's cluster-wide limits.
     async fn set_limits(&self, queue: &str, limits: &QueueLimits) -> EngineResult<()>;
 
+    /// A queue's limits (defaults when none were set).
+    async fn limits(&self, queue: &str) -> EngineResult<QueueLimits>;
+
     /// Records a worker's heartbeat (kept for `ttl`).
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> EngineResult<()>;
 

@@ -15,7 +15,7 @@ pub use engine::{Engine, EngineConfig, EngineError, EngineResult, ListFilter};
 pub use memory::MemoryEngine;
 pub use model::{
     Completion, Enqueued, Job, JobSpec, JobState, Lease, MissedPolicy, Outcome, QueueLimits,
-    QueueStats, Schedule, WorkerInfo,
+    QueueRate, QueueStats, Schedule, WorkerInfo,
 };
 pub use redis_engine::RedisEngine;
 pub use worker::{Handler, JobContext, JobError, Registry, Worker, WorkerConfig};

@@ -556,6 +556,16 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    async fn limits(&self, queue: &str) -> EngineResult<QueueLimits> {
+        Ok(self
+            .state
+            .lock()
+            .queues
+            .get(queue)
+            .map(|q| q.limits.clone())
+            .unwrap_or_default())
+    }
+
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> EngineResult<()> {
         let until = now_ms() + ms(ttl);
         self.state

@@ -316,10 +316,32 @@ pub struct QueueStats {
 
 /// Per-queue limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueLimits {
     /// Most jobs of the queue running at once across the cluster (0 = no limit).
     #[serde(default)]
     pub max_concurrency: u64,
+    /// Most jobs started per period across the cluster (GCRA, Keel's limiter).
+    #[serde(default)]
+    pub rate_limit: Option<QueueRate>,
+}
+
+/// A cluster-wide start rate: `limit` jobs per `period_ms`, with `burst` at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueRate {
+    /// Jobs per period.
+    pub limit: u64,
+    /// The period in milliseconds (default 1000).
+    #[serde(default = "default_period_ms")]
+    pub period_ms: u64,
+    /// Jobs admitted at once from idle (default: `limit`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+fn default_period_ms() -> u64 {
+    1000
 }
 
 /// A worker's self-description, refreshed with its heartbeat.

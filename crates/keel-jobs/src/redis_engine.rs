@@ -650,19 +650,57 @@ impl Engine for RedisEngine {
         validate_queue_name(queue).map_err(EngineError::Invalid)?;
         self.remember_queue(queue).await?;
         let key = format!("{}cfg", self.base(queue));
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg("max_concurrency")
+            .arg(limits.max_concurrency)
+            .ignore();
+        match &limits.rate_limit {
+            Some(rate) => {
+                let json =
+                    serde_json::to_string(rate).map_err(|e| EngineError::Invalid(e.to_string()))?;
+                pipe.cmd("HSET").arg(&key).arg("rate").arg(json).ignore();
+            }
+            None => {
+                pipe.cmd("HDEL").arg(&key).arg("rate").ignore();
+            }
+        }
         let mut conn = self.conn();
         self.redis
             .with_timeout(async {
-                let _: i64 = redis::cmd("HSET")
-                    .arg(&key)
-                    .arg("max_concurrency")
-                    .arg(limits.max_concurrency)
-                    .query_async(&mut conn)
-                    .await?;
+                let () = pipe.query_async(&mut conn).await?;
                 Ok(())
             })
             .await?;
         Ok(())
+    }
+
+    async fn limits(&self, queue: &str) -> EngineResult<QueueLimits> {
+        validate_queue_name(queue).map_err(EngineError::Invalid)?;
+        let key = format!("{}cfg", self.base(queue));
+        let mut conn = self.conn();
+        let (max, rate): (Option<u64>, Option<String>) = self
+            .redis
+            .with_timeout(async {
+                Ok(redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("max_concurrency")
+                    .arg("rate")
+                    .query_async(&mut conn)
+                    .await?)
+            })
+            .await?;
+        Ok(QueueLimits {
+            max_concurrency: max.unwrap_or(0),
+            rate_limit: match rate {
+                Some(json) => Some(
+                    serde_json::from_str(&json)
+                        .map_err(|e| EngineError::Corrupt(format!("queue {queue} rate: {e}")))?,
+                ),
+                None => None,
+            },
+        })
     }
 
     async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> EngineResult<()> {

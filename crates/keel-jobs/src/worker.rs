@@ -205,6 +205,34 @@ pub struct Worker {
     registry: Arc<Registry>,
     config: WorkerConfig,
     stats: Arc<WorkerStats>,
+    limiter: Option<Arc<keel_limit::Limiter>>,
+}
+
+/// What the worker knows of one queue's rate limit.
+struct RateGate {
+    refreshed: std::time::Instant,
+    limit: Option<keel_limit::Limit>,
+    paused_until: Option<std::time::Instant>,
+}
+
+const LIMITS_REFRESH: Duration = Duration::from_secs(2);
+
+impl RateGate {
+    fn limit_from(queue: &str, limits: &crate::model::QueueLimits) -> Option<keel_limit::Limit> {
+        let rate = limits.rate_limit.as_ref()?;
+        match keel_limit::LimitSpec::new(
+            keel_limit::Algorithm::Gcra,
+            rate.limit,
+            rate.period_ms.saturating_mul(1000),
+            rate.burst,
+        ) {
+            Ok(spec) => Some(keel_limit::Limit::new(format!("jobs-queue-{queue}"), spec)),
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "invalid queue rate limit ignored");
+                None
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -215,7 +243,90 @@ impl Worker {
             registry: Arc::new(registry),
             config,
             stats: Arc::new(WorkerStats::default()),
+            limiter: None,
         }
+    }
+
+    /// Enforces the queues' cluster-wide rate limits (`QueueLimits::rate_limit`) with `limiter`
+    /// (Keel's limiter; on Redis for a cluster-wide limit).
+    pub fn with_limiter(mut self, limiter: Arc<keel_limit::Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// The queue's rate gate, refreshed from the engine every few seconds.
+    async fn gate<'a>(
+        &self,
+        gates: &'a mut HashMap<String, RateGate>,
+        queue: &str,
+    ) -> &'a mut RateGate {
+        let stale = gates
+            .get(queue)
+            .is_none_or(|g| g.refreshed.elapsed() >= LIMITS_REFRESH);
+        if stale {
+            let limit = match self.engine.limits(queue).await {
+                Ok(limits) => RateGate::limit_from(queue, &limits),
+                Err(_) => gates.get(queue).and_then(|g| g.limit.clone()),
+            };
+            let paused_until = gates.get(queue).and_then(|g| g.paused_until);
+            gates.insert(
+                queue.to_string(),
+                RateGate {
+                    refreshed: std::time::Instant::now(),
+                    limit,
+                    paused_until,
+                },
+            );
+        }
+        gates.entry(queue.to_string()).or_insert_with(|| RateGate {
+            refreshed: std::time::Instant::now(),
+            limit: None,
+            paused_until: None,
+        })
+    }
+
+    /// Keeps the jobs the queue's rate limit admits; hands the rest back and pauses the queue.
+    async fn admit(&self, gate: &mut RateGate, queue: &str, batch: Vec<Job>) -> Vec<Job> {
+        let (Some(limiter), Some(limit)) = (&self.limiter, &gate.limit) else {
+            return batch;
+        };
+        let mut admitted = Vec::with_capacity(batch.len());
+        let mut rest = Vec::new();
+        let mut wait_us = 0;
+        for job in batch {
+            if !rest.is_empty() {
+                rest.push(job);
+                continue;
+            }
+            match limiter.check(limit, queue, 1).await {
+                Ok(result) if result.allowed => admitted.push(job),
+                Ok(result) => {
+                    wait_us = result.decision.retry_after_us;
+                    rest.push(job);
+                }
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "rate limit check failed; admitting");
+                    admitted.push(job);
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let leases: Vec<Lease> = rest
+                .iter()
+                .map(|j| Lease {
+                    id: j.id.clone(),
+                    attempt: j.attempts,
+                })
+                .collect();
+            if let Err(e) = self.engine.release(queue, &leases).await {
+                tracing::warn!(queue, error = %e, "could not hand rate-limited jobs back; they return after their lease");
+            }
+            metrics::counter!("keel_jobs_rate_limited_total", "queue" => queue.to_string())
+                .increment(leases.len() as u64);
+            gate.paused_until =
+                Some(std::time::Instant::now() + Duration::from_micros(wait_us.max(10_000)));
+        }
+        admitted
     }
 
     /// Live counters (shared with the running worker).
@@ -226,7 +337,7 @@ impl Worker {
     /// Runs until `shutdown` fires, then stops fetching, lets running jobs finish for the grace
     /// period, hands the rest back and flushes every ack it holds.
     pub async fn run(self, shutdown: Shutdown) {
-        let config = Arc::new(self.config);
+        let config = Arc::new(self.config.clone());
         let running: Arc<Mutex<HashMap<String, RunningJob>>> = Arc::default();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(String, Completion)>();
         let abort = CancellationToken::new();
@@ -253,6 +364,7 @@ impl Worker {
 
         let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let mut failures = 0u32;
+        let mut gates: HashMap<String, RateGate> = HashMap::new();
         'fetching: loop {
             let mut permits = tokio::select! {
                 permit = semaphore.clone().acquire_owned() => match permit {
@@ -276,12 +388,25 @@ impl Worker {
                 if want == 0 {
                     break;
                 }
+                let mut gate = None;
+                if self.limiter.is_some() {
+                    let g = self.gate(&mut gates, &queue).await;
+                    if g.paused_until
+                        .is_some_and(|t| t > std::time::Instant::now())
+                    {
+                        continue;
+                    }
+                    gate = Some(g);
+                }
                 match self
                     .engine
                     .fetch(&queue, &config.id, want, config.lease)
                     .await
                 {
-                    Ok(batch) => jobs.extend(batch),
+                    Ok(batch) => match gate {
+                        Some(g) => jobs.extend(self.admit(g, &queue, batch).await),
+                        None => jobs.extend(batch),
+                    },
                     Err(e) => {
                         error = Some(e);
                         break;

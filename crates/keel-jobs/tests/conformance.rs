@@ -352,9 +352,17 @@ async fn finished_jobs_expire(e: Arc<dyn Engine>) {
 }
 
 async fn concurrency_limit(e: Arc<dyn Engine>) {
-    e.set_limits("lim", &QueueLimits { max_concurrency: 2 })
-        .await
-        .unwrap();
+    let limits = QueueLimits {
+        max_concurrency: 2,
+        rate_limit: Some(keel_jobs::QueueRate {
+            limit: 10,
+            period_ms: 1000,
+            burst: Some(2),
+        }),
+    };
+    e.set_limits("lim", &limits).await.unwrap();
+    assert_eq!(e.limits("lim").await.unwrap(), limits);
+    assert_eq!(e.limits("other").await.unwrap(), QueueLimits::default());
     e.enqueue((0..5).map(|_| spec("lim")).collect())
         .await
         .unwrap();

@@ -239,3 +239,147 @@ async fn graceful_shutdown_hands_unfinished_jobs_back() {
     assert_eq!((job.state, job.attempts), (JobState::Queued, 0));
     assert!(engine.workers().await.unwrap().is_empty(), "unregistered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_rate_limit_spaces_job_starts_across_workers() {
+    let server = RedisServer::start().unwrap();
+    let engine = engine(&server).await;
+    let handle = RedisHandle::connect(&RedisSettings::new(server.url()))
+        .await
+        .unwrap();
+    let limiter = Arc::new(keel_limit::Limiter::redis(
+        handle,
+        keel_limit::LimiterOptions::default(),
+    ));
+    // 4 per second, 1 at once: 9 jobs cannot all start in less than 2 seconds, however many
+    // workers there are.
+    engine
+        .set_limits(
+            "rated",
+            &keel_jobs::QueueLimits {
+                max_concurrency: 0,
+                rate_limit: Some(keel_jobs::QueueRate {
+                    limit: 4,
+                    period_ms: 1000,
+                    burst: Some(1),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let ids = engine
+        .enqueue(
+            (0..9)
+                .map(|_| JobSpec::new("noop", json!({})).queue("rated"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let shutdown = Shutdown::new();
+        let worker = Worker::new(
+            engine.clone(),
+            Registry::with_builtin_kinds(),
+            config("rated", 10),
+        )
+        .with_limiter(limiter.clone());
+        workers.push((shutdown.clone(), tokio::spawn(worker.run(shutdown))));
+    }
+    wait_until("rated jobs to finish", || async {
+        let stats = engine.queues().await.unwrap();
+        stats
+            .iter()
+            .any(|q| q.name == "rated" && q.succeeded_total == 9)
+    })
+    .await;
+    for (shutdown, handle) in workers {
+        shutdown.trigger();
+        handle.await.unwrap();
+    }
+    let mut starts = Vec::new();
+    for id in &ids {
+        let job = engine.get(&id.id).await.unwrap().unwrap();
+        assert_eq!(
+            job.attempts, 1,
+            "rate-limited jobs are handed back without using an attempt"
+        );
+        starts.push(job.started_at.unwrap());
+    }
+    starts.sort();
+    let span = starts[8] - starts[0];
+    println!("9 jobs at 4/s started over {span} ms");
+    // 8 intervals of 250 ms = 2 s; allow for the few ms between fetch and admission.
+    assert!(
+        span >= 1500,
+        "the limit was exceeded: 9 starts in {span} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_kind_calls_webhooks_and_checks_the_status() {
+    use axum::routing::post;
+    let seen: Arc<parking_lot::Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let record = record.clone();
+                async move {
+                    let job = headers
+                        .get("x-keel-job-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    record.lock().push((job, body));
+                    (axum::http::StatusCode::ACCEPTED, "thanks")
+                }
+            }),
+        )
+        .route(
+            "/fail",
+            post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = RedisServer::start().unwrap();
+    let engine = engine(&server).await;
+    let ok = JobSpec::new(
+        "http",
+        json!({"url": format!("http://{addr}/hook"), "body": {"hello": "world"}, "expect_status": 202}),
+    )
+    .queue("hooks");
+    let mut failing = JobSpec::new(
+        "http",
+        json!({"url": format!("http://{addr}/fail"), "method": "post"}),
+    )
+    .queue("hooks");
+    failing.max_attempts = 1;
+    let ids = engine.enqueue(vec![ok, failing]).await.unwrap();
+    let (shutdown, handle) = start(&engine, config("hooks", 2));
+    wait_until("webhooks to finish", || async {
+        let mut done = true;
+        for id in &ids {
+            done &= state_of(&engine, &id.id)
+                .await
+                .is_some_and(|s| s.is_final());
+        }
+        done
+    })
+    .await;
+    shutdown.trigger();
+    handle.await.unwrap();
+    let ok = engine.get(&ids[0].id).await.unwrap().unwrap();
+    assert_eq!(ok.state, JobState::Succeeded);
+    assert_eq!(ok.result.unwrap()["status"], json!(202));
+    assert_eq!(
+        seen.lock().clone(),
+        vec![(ids[0].id.clone(), r#"{"hello":"world"}"#.to_string())]
+    );
+    let failed = engine.get(&ids[1].id).await.unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Dead);
+    assert!(failed.error.unwrap().contains("unexpected status 500"));
+}

@@ -465,3 +465,29 @@ key = "header:X-User"
             .contains("duplicate"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: a rule set or a clear error, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = RuleSet::parse(&text);
+        }
+
+        /// Mutations of a valid file: a rule set or an error that says where.
+        #[test]
+        fn mutated_files_fail_with_a_location(cut in 0usize..200, junk in "[a-z=\\[\\]\"0-9 \n]{0,12}") {
+            let good = "[[rule]]\nname = \"api\"\nalgorithm = \"gcra\"\nlimit = 100\nperiod = \"1m\"\nburst = 20\n";
+            let cut = cut.min(good.len());
+            let text = format!("{}{}{}", &good[..cut], junk, &good[cut..]);
+            if let Err(error) = RuleSet::parse(&text) {
+                let message = error.to_string();
+                prop_assert!(message.contains("line") || message.contains("missing field") || message.contains("trusted_proxies"), "{}", message);
+            }
+        }
+    }
+}

@@ -207,6 +207,60 @@ pub struct Evaluation {
     pub ttl_us: i64,
 }
 
+/// [`evaluate`] and commit in one step, updating `state` in place: what an engine does for a
+/// single check. Returns the decision and, when admitted, how long the new state matters.
+/// Equivalent to `evaluate` (a property test checks it); the sliding log is trimmed and
+/// appended in place instead of copied.
+pub fn apply(spec: &LimitSpec, state: &mut Option<State>, now: i64, cost: u64) -> (Decision, i64) {
+    if let (Algorithm::SlidingLog, Some(State::SlidingLog { entries })) =
+        (spec.algorithm, state.as_mut())
+    {
+        let period = i64::try_from(spec.period_us).unwrap_or(i64::MAX);
+        // Dropping expired entries changes no decision, so it is done whatever the outcome.
+        while entries.front().is_some_and(|&t| t <= now - period) {
+            entries.pop_front();
+        }
+        let count = entries.len() as u64;
+        let limit = spec.limit;
+        let newest = entries.back().copied().unwrap_or(now);
+        if count + cost > limit {
+            let retry = if cost > limit {
+                u64::MAX
+            } else {
+                let must_expire = usize::try_from(count + cost - limit).unwrap_or(1).max(1);
+                to_u64(entries.get(must_expire - 1).copied().unwrap_or(now) + period - now)
+            };
+            let decision = Decision {
+                allowed: false,
+                limit,
+                remaining: limit - count,
+                reset_after_us: to_u64(newest + period - now),
+                retry_after_us: retry,
+            };
+            return (decision, 0);
+        }
+        for _ in 0..cost {
+            entries.push_back(now);
+        }
+        let newest = entries.back().copied().unwrap_or(now);
+        let decision = Decision {
+            allowed: true,
+            limit,
+            remaining: limit - count - cost,
+            reset_after_us: to_u64(newest + period - now),
+            retry_after_us: 0,
+        };
+        return (decision, period);
+    }
+    let evaluation = evaluate(spec, state.as_ref(), now, cost);
+    if evaluation.decision.allowed {
+        if let Some(next) = evaluation.next {
+            *state = Some(next);
+        }
+    }
+    (evaluation.decision, evaluation.ttl_us)
+}
+
 fn ceil_div(a: i64, b: i64) -> i64 {
     // a >= 0, b > 0
     (a + b - 1) / b
@@ -603,6 +657,36 @@ mod tests {
                 !d[0].allowed && d[0].retry_after_us == u64::MAX,
                 "{algorithm:?}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// `apply` (in place) and `evaluate` + commit make the same decisions.
+        #[test]
+        fn apply_agrees_with_evaluate(
+            algorithm in proptest::sample::select(Algorithm::ALL.to_vec()),
+            limit in 1u64..6,
+            burst in 1u64..6,
+            steps in proptest::collection::vec((0i64..400_000, 0u64..8), 1..60),
+        ) {
+            let spec = LimitSpec::new(algorithm, limit, 1_000_000, Some(burst)).expect("spec");
+            let mut now = 1_700_000_000 * SECOND;
+            let mut reference = None;
+            let mut in_place = None;
+            for (pause, cost) in steps {
+                now += pause;
+                let e = evaluate(&spec, reference.as_ref(), now, cost);
+                if e.decision.allowed {
+                    if let Some(next) = e.next.clone() {
+                        reference = Some(next);
+                    }
+                }
+                let (decision, ttl) = apply(&spec, &mut in_place, now, cost);
+                proptest::prop_assert_eq!(decision, e.decision);
+                if decision.allowed {
+                    proptest::prop_assert_eq!(ttl, e.ttl_us);
+                }
+            }
         }
     }
 

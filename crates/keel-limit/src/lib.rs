@@ -17,7 +17,7 @@ mod redis_engine;
 
 pub use algorithm::{evaluate, Algorithm, Decision, Evaluation, LimitSpec, SpecError, State};
 pub use batcher::{Batcher, BatcherOptions};
-pub use clock::{Clock, ManualClock, TokioClock};
+pub use clock::{Clock, FastClock, ManualClock, TokioClock};
 pub use engine::{Check, CheckRequest, LimitEngine, LimitError, Outcome};
 pub use limiter::{CheckResult, FailurePolicy, Limit, Limiter, LimiterOptions, Source};
 pub use memory::{MemoryEngine, MemoryOptions};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use keel_redis::{Keys, RedisHandle};
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::algorithm::{Decision, LimitSpec};
 use crate::batcher::{Batcher, BatcherOptions};
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{Clock, FastClock, TokioClock};
 use crate::engine::{Check, CheckRequest, LimitEngine, LimitError, Outcome};
 use crate::memory::{MemoryEngine, MemoryOptions};
 use crate::redis_engine::{RedisEngine, RedisEngineOptions};
@@ -32,7 +32,7 @@ pub enum FailurePolicy {
 }
 
 /// A named limit: what rules, middleware and services check against.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Limit {
     /// Rule name: part of the storage key and of metric labels.
     pub name: Arc<str>,
@@ -42,6 +42,49 @@ pub struct Limit {
     pub on_redis_error: FailurePolicy,
     /// Share of the limit the local insurance limiter grants this node (0 < share <= 1).
     pub local_share: f64,
+    counters: Arc<OnceLock<DecisionCounters>>,
+}
+
+impl PartialEq for Limit {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.spec == other.spec
+            && self.on_redis_error == other.on_redis_error
+            && self.local_share == other.local_share
+    }
+}
+
+/// `keel_limit_decisions_total{rule, outcome, source}` handles, registered once per limit so
+/// the hot path never formats labels.
+#[derive(Debug)]
+struct DecisionCounters {
+    counters: [[metrics::Counter; 4]; 2],
+}
+
+impl DecisionCounters {
+    fn new(rule: &str, engine: &'static str) -> Self {
+        let make = |outcome: &'static str, source: &'static str| metrics::counter!("keel_limit_decisions_total", "rule" => rule.to_string(), "outcome" => outcome, "source" => source);
+        let row = |outcome| {
+            [
+                make(outcome, engine),
+                make(outcome, "deny_cache"),
+                make(outcome, "fallback"),
+                make(outcome, "error"),
+            ]
+        };
+        Self {
+            counters: [row("denied"), row("allowed")],
+        }
+    }
+
+    fn record(&self, allowed: bool, source: Source) {
+        let column = match source {
+            Source::Engine => 0,
+            Source::DenyCache => 1,
+            Source::Fallback => 2,
+        };
+        self.counters[usize::from(allowed)][column].increment(1);
+    }
 }
 
 impl Limit {
@@ -52,6 +95,7 @@ impl Limit {
             spec,
             on_redis_error: FailurePolicy::Local,
             local_share: 0.5,
+            counters: Arc::new(OnceLock::new()),
         }
     }
 
@@ -151,6 +195,8 @@ pub struct Limiter {
 
 struct Inner {
     engine: Arc<dyn LimitEngine>,
+    /// The memory engine itself when it is the engine: single checks skip the trait object.
+    memory: Option<Arc<MemoryEngine>>,
     is_remote: bool,
     insurance: MemoryEngine,
     keys: Keys,
@@ -164,8 +210,13 @@ struct Inner {
 impl Limiter {
     /// A single-node limiter on the memory engine.
     pub fn memory() -> Self {
+        Self::memory_with_clock(Arc::new(FastClock::new()))
+    }
+
+    /// A single-node limiter on the memory engine with an injected clock (tests pass a
+    /// [`crate::TokioClock`] to pause and advance time).
+    pub fn memory_with_clock(clock: Arc<dyn Clock>) -> Self {
         let options = LimiterOptions::default();
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
         let engine = Arc::new(MemoryEngine::with_options(
             options.memory.clone(),
             clock.clone(),
@@ -215,6 +266,7 @@ impl Limiter {
                 insurance: MemoryEngine::with_options(options.memory.clone(), clock.clone()),
                 deny_cache: DenyCache::new(options.deny_cache_size),
                 engine,
+                memory: None,
                 is_remote,
                 keys,
                 options,
@@ -276,7 +328,29 @@ impl Limiter {
                 });
             }
         }
-        let request = CheckRequest {
+        let result = match (&self.inner.memory, checks) {
+            (Some(memory), [(limit, key, cost)]) => {
+                let decision = memory.check_one(&self.storage_key(limit, key), &limit.spec, *cost);
+                CheckResult {
+                    allowed: decision.allowed,
+                    decision,
+                    decisions: vec![decision],
+                    source: Source::Engine,
+                }
+            }
+            _ => self.decide(checks).await,
+        };
+        for (limit, _, _) in checks {
+            limit
+                .counters
+                .get_or_init(|| DecisionCounters::new(&limit.name, self.inner.engine.name()))
+                .record(result.allowed, result.source);
+        }
+        Ok(result)
+    }
+
+    fn request(&self, checks: &[(&Limit, &str, u64)]) -> CheckRequest {
+        CheckRequest {
             checks: checks
                 .iter()
                 .map(|(limit, key, cost)| Check {
@@ -285,32 +359,18 @@ impl Limiter {
                     cost: *cost,
                 })
                 .collect(),
-        };
-        let result = self.decide(checks, request).await;
-        for (limit, _, _) in checks {
-            metrics::counter!(
-                "keel_limit_decisions_total",
-                "rule" => limit.name.to_string(),
-                "outcome" => if result.allowed { "allowed" } else { "denied" },
-                "source" => match result.source {
-                    Source::Engine => self.inner.engine.name(),
-                    Source::DenyCache => "deny_cache",
-                    Source::Fallback => "fallback",
-                },
-            )
-            .increment(1);
         }
-        Ok(result)
     }
 
-    async fn decide(&self, checks: &[(&Limit, &str, u64)], request: CheckRequest) -> CheckResult {
+    async fn decide(&self, checks: &[(&Limit, &str, u64)]) -> CheckResult {
         let inner = &self.inner;
+        let request = self.request(checks);
         if !inner.is_remote {
-            return match inner.engine.check_batch(vec![request.clone()]).await {
+            return match inner.engine.check_batch(vec![request]).await {
                 Ok(mut outcomes) if outcomes.len() == 1 => {
                     CheckResult::from_outcome(outcomes.remove(0), Source::Engine)
                 }
-                _ => self.fallback(checks, &request.checks),
+                _ => self.fallback(checks, &self.request(checks).checks),
             };
         }
         let now = inner.clock.now_us();
@@ -332,7 +392,7 @@ impl Limiter {
                 return self.fallback(checks, &request.checks);
             }
         }
-        let call = inner.engine.check_batch(vec![request.clone()]);
+        let call = inner.engine.check_batch(vec![request]);
         let reply = match tokio::time::timeout(inner.options.timeout, call).await {
             Ok(Ok(mut outcomes)) if outcomes.len() == 1 => Ok(outcomes.remove(0)),
             Ok(Ok(_)) => Err("engine returned the wrong number of outcomes".to_string()),
@@ -344,11 +404,12 @@ impl Limiter {
                 self.mark_healthy();
                 if !outcome.allowed && inner.options.deny_cache {
                     let now = inner.clock.now_us();
-                    for (check, decision) in request.checks.iter().zip(&outcome.decisions) {
+                    for ((limit, key, cost), decision) in checks.iter().zip(&outcome.decisions) {
                         if !decision.allowed && decision.retry_after_us != u64::MAX {
                             let wait =
                                 i64::try_from(decision.retry_after_us).unwrap_or(i64::MAX / 4);
-                            inner.deny_cache.insert(&check.key, check.cost, now + wait);
+                            let key = self.storage_key(limit, key);
+                            inner.deny_cache.insert(&key, *cost, now + wait);
                         }
                     }
                 }
@@ -356,7 +417,7 @@ impl Limiter {
             }
             Err(reason) => {
                 self.mark_degraded(&reason);
-                self.fallback(checks, &request.checks)
+                self.fallback(checks, &self.request(checks).checks)
             }
         }
     }
@@ -521,5 +582,48 @@ impl DenyCache {
             },
             Source::DenyCache,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::Algorithm;
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_drives_the_memory_limiter() {
+        let limiter = Limiter::memory_with_clock(Arc::new(TokioClock::new()));
+        let limit = Limit::new(
+            "t",
+            LimitSpec::new(Algorithm::TokenBucket, 2, 1_000_000, Some(2)).expect("spec"),
+        );
+        assert!(limiter.check(&limit, "k", 2).await.expect("check").allowed);
+        let denied = limiter.check(&limit, "k", 1).await.expect("check");
+        assert!(!denied.allowed);
+        assert_eq!(denied.decision.retry_after_us, 500_000);
+        tokio::time::advance(Duration::from_micros(499_999)).await;
+        assert!(!limiter.check(&limit, "k", 1).await.expect("check").allowed);
+        tokio::time::advance(Duration::from_micros(1)).await;
+        assert!(limiter.check(&limit, "k", 1).await.expect("check").allowed);
+    }
+
+    #[tokio::test]
+    async fn costs_beyond_capacity_and_empty_checks_are_refused() {
+        let limiter = Limiter::memory();
+        let limit = Limit::new(
+            "t",
+            LimitSpec::new(Algorithm::Gcra, 5, 1_000_000, Some(5)).expect("spec"),
+        );
+        assert!(matches!(
+            limiter.check(&limit, "k", 6).await,
+            Err(LimitError::CostExceedsCapacity {
+                cost: 6,
+                capacity: 5
+            })
+        ));
+        assert!(matches!(
+            limiter.check_all(&[]).await,
+            Err(LimitError::BadCheckCount { .. })
+        ));
     }
 }

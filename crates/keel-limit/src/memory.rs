@@ -2,17 +2,18 @@
 //!
 //! The default of `keel dev` and `keel limit serve --engine memory`, and the insurance limiter
 //! behind a Redis engine. It runs the same pure functions as the Lua scripts, so the
-//! conformance suite holds it to the same decisions.
+//! conformance suite holds it to the same decisions. A key is hashed once: the hash picks the
+//! shard and probes that shard's table.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::algorithm::{evaluate, State};
-use crate::clock::{Clock, TokioClock};
+use crate::algorithm::{apply, evaluate, Decision, LimitSpec, State};
+use crate::clock::{Clock, FastClock};
 use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
 
 /// Sizing of a [`MemoryEngine`].
@@ -34,13 +35,14 @@ impl Default for MemoryOptions {
 }
 
 struct Slot {
-    state: State,
+    key: Box<str>,
+    state: Option<State>,
     expires_at: i64,
 }
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<str>, Slot, foldhash::fast::FixedState>,
+    table: HashTable<Slot>,
     ops_since_sweep: u32,
 }
 
@@ -56,9 +58,9 @@ pub struct MemoryEngine {
 const SWEEP_EVERY: u32 = 4096;
 
 impl MemoryEngine {
-    /// An engine on the tokio clock with default sizing.
+    /// An engine on the fast wall clock with default sizing.
     pub fn new() -> Self {
-        Self::with_options(MemoryOptions::default(), Arc::new(TokioClock::new()))
+        Self::with_options(MemoryOptions::default(), Arc::new(FastClock::new()))
     }
 
     /// An engine with explicit sizing and clock.
@@ -75,7 +77,7 @@ impl MemoryEngine {
 
     /// Keys held now (expired ones not yet swept included).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map.len()).sum()
+        self.shards.iter().map(|s| s.lock().table.len()).sum()
     }
 
     /// True when no key is held.
@@ -83,74 +85,116 @@ impl MemoryEngine {
         self.len() == 0
     }
 
-    fn shard_of(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) & self.mask
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        ((hash >> 40) as usize) & self.mask
+    }
+
+    /// Decides one check: the fast path (one hash, one lock, state updated in place).
+    pub fn check_one(&self, key: &str, spec: &LimitSpec, cost: u64) -> Decision {
+        let now = self.clock.now_us();
+        let hash = self.hash(key);
+        let mut shard = self.shards[self.shard_of(hash)].lock();
+        let decision = match shard.table.find_mut(hash, |s| &*s.key == key) {
+            Some(slot) => {
+                if slot.expires_at <= now {
+                    slot.state = None;
+                }
+                let (decision, ttl) = apply(spec, &mut slot.state, now, cost);
+                if decision.allowed {
+                    slot.expires_at = now + ttl;
+                }
+                decision
+            }
+            None => {
+                let mut state = None;
+                let (decision, ttl) = apply(spec, &mut state, now, cost);
+                if decision.allowed && state.is_some() {
+                    shard.insert(self, hash, key, state, now + ttl, now);
+                }
+                decision
+            }
+        };
+        shard.tick(now);
+        decision
     }
 
     /// Decides one request synchronously (the engine never waits on I/O).
     pub fn check_now(&self, request: &CheckRequest) -> Outcome {
-        let now = self.clock.now_us();
         if let [check] = request.checks.as_slice() {
-            let mut shard = self.shards[self.shard_of(&check.key)].lock();
-            let evaluation = evaluate(&check.spec, shard.get(&check.key, now), now, check.cost);
-            if let Some(next) = evaluation.next {
-                shard.put(
-                    &check.key,
-                    next,
-                    now + evaluation.ttl_us,
-                    now,
-                    self.per_shard_cap,
-                );
+            return Outcome {
+                allowed: false,
+                decisions: vec![self.check_one(&check.key, &check.spec, check.cost)],
             }
-            return Outcome::from_decisions(vec![evaluation.decision]);
+            .settle();
         }
+        let now = self.clock.now_us();
         // Several checks: lock every shard involved, in index order, so two requests never
         // deadlock and the group is evaluated and committed atomically.
-        let mut indices: Vec<usize> = request
-            .checks
-            .iter()
-            .map(|c| self.shard_of(&c.key))
-            .collect();
-        let order = {
-            let mut sorted = indices.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            sorted
-        };
+        let hashes: Vec<u64> = request.checks.iter().map(|c| self.hash(&c.key)).collect();
+        let mut order: Vec<usize> = hashes.iter().map(|&h| self.shard_of(h)).collect();
+        order.sort_unstable();
+        order.dedup();
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
             order.iter().map(|&i| (i, self.shards[i].lock())).collect();
-        let mut evaluations = Vec::with_capacity(request.checks.len());
-        for (check, shard_index) in request.checks.iter().zip(indices.iter_mut()) {
-            let position = guards
-                .iter()
-                .position(|(i, _)| i == shard_index)
-                .unwrap_or(0);
-            let shard = &mut guards[position].1;
-            evaluations.push(evaluate(
-                &check.spec,
-                shard.get(&check.key, now),
-                now,
-                check.cost,
-            ));
-            *shard_index = position;
-        }
+        let position = |hash: u64| {
+            let index = self.shard_of(hash);
+            guards.iter().position(|(i, _)| *i == index).unwrap_or(0)
+        };
+        let positions: Vec<usize> = hashes.iter().map(|&h| position(h)).collect();
+        let evaluations: Vec<_> = request
+            .checks
+            .iter()
+            .zip(&hashes)
+            .zip(&positions)
+            .map(|((check, &hash), &p)| {
+                let state = guards[p]
+                    .1
+                    .table
+                    .find(hash, |s| *s.key == *check.key)
+                    .filter(|s| s.expires_at > now)
+                    .and_then(|s| s.state.as_ref());
+                evaluate(&check.spec, state, now, check.cost)
+            })
+            .collect();
         let allowed = evaluations.iter().all(|e| e.decision.allowed);
+        let decisions = evaluations.iter().map(|e| e.decision).collect();
         if allowed {
-            for ((check, position), evaluation) in
-                request.checks.iter().zip(&indices).zip(&evaluations)
+            for (((check, &hash), &p), evaluation) in request
+                .checks
+                .iter()
+                .zip(&hashes)
+                .zip(&positions)
+                .zip(evaluations)
             {
-                if let Some(next) = &evaluation.next {
-                    guards[*position].1.put(
-                        &check.key,
-                        next.clone(),
-                        now + evaluation.ttl_us,
-                        now,
-                        self.per_shard_cap,
-                    );
+                let Some(next) = evaluation.next else {
+                    continue;
+                };
+                let shard = &mut guards[p].1;
+                let expires_at = now + evaluation.ttl_us;
+                match shard.table.find_mut(hash, |s| *s.key == *check.key) {
+                    Some(slot) => {
+                        slot.state = Some(next);
+                        slot.expires_at = expires_at;
+                    }
+                    None => shard.insert(self, hash, &check.key, Some(next), expires_at, now),
                 }
             }
         }
-        Outcome::from_decisions(evaluations.into_iter().map(|e| e.decision).collect())
+        for (_, guard) in &mut guards {
+            guard.tick(now);
+        }
+        Outcome::from_decisions(decisions)
+    }
+}
+
+impl Outcome {
+    fn settle(mut self) -> Self {
+        self.allowed = self.decisions.iter().all(|d| d.allowed);
+        self
     }
 }
 
@@ -161,36 +205,44 @@ impl Default for MemoryEngine {
 }
 
 impl Shard {
-    fn get(&self, key: &str, now: i64) -> Option<&State> {
-        self.map
-            .get(key)
-            .filter(|slot| slot.expires_at > now)
-            .map(|slot| &slot.state)
-    }
-
-    fn put(&mut self, key: &str, state: State, expires_at: i64, now: i64, cap: usize) {
-        self.ops_since_sweep += 1;
-        if let Some(slot) = self.map.get_mut(key) {
-            slot.state = state;
-            slot.expires_at = expires_at;
-        } else {
-            if self.map.len() >= cap {
-                self.sweep(now);
-                if self.map.len() >= cap {
-                    // Still full of live keys: evict the one closest to expiry.
-                    let victim = self
-                        .map
-                        .iter()
-                        .min_by_key(|(_, slot)| slot.expires_at)
-                        .map(|(k, _)| k.clone());
-                    if let Some(victim) = victim {
-                        self.map.remove(&victim);
+    fn insert(
+        &mut self,
+        engine: &MemoryEngine,
+        hash: u64,
+        key: &str,
+        state: Option<State>,
+        expires_at: i64,
+        now: i64,
+    ) {
+        if self.table.len() >= engine.per_shard_cap {
+            self.sweep(now);
+            if self.table.len() >= engine.per_shard_cap {
+                // Still full of live keys: evict the one closest to expiry.
+                let victim = self
+                    .table
+                    .iter()
+                    .min_by_key(|s| s.expires_at)
+                    .map(|s| s.key.clone());
+                if let Some(victim) = victim {
+                    let victim_hash = engine.hash(&victim);
+                    if let Ok(entry) = self.table.find_entry(victim_hash, |s| s.key == victim) {
+                        entry.remove();
                         metrics::counter!("keel_limit_memory_evictions_total").increment(1);
                     }
                 }
             }
-            self.map.insert(key.into(), Slot { state, expires_at });
         }
+        let slot = Slot {
+            key: key.into(),
+            state,
+            expires_at,
+        };
+        self.table
+            .insert_unique(hash, slot, |s| engine.hash(&s.key));
+    }
+
+    fn tick(&mut self, now: i64) {
+        self.ops_since_sweep += 1;
         if self.ops_since_sweep >= SWEEP_EVERY {
             self.sweep(now);
         }
@@ -198,7 +250,7 @@ impl Shard {
 
     fn sweep(&mut self, now: i64) {
         self.ops_since_sweep = 0;
-        self.map.retain(|_, slot| slot.expires_at > now);
+        self.table.retain(|slot| slot.expires_at > now);
     }
 }
 
@@ -250,8 +302,13 @@ mod tests {
             assert!(engine.check_now(&check(&format!("k{i}"), spec)).allowed);
         }
         assert!(engine.len() <= 100, "len {}", engine.len());
+        // The most recent key is still limited.
+        assert!(!engine.check_now(&check("k999", spec)).allowed);
         clock.advance_us(2_000_000);
-        engine.check_now(&check("fresh", spec));
+        assert!(
+            engine.check_now(&check("k999", spec)).allowed,
+            "expired state is gone"
+        );
         for i in 0..200 {
             engine.check_now(&check(&format!("z{i}"), spec));
         }

@@ -260,6 +260,18 @@ impl LimitEngine for RedisEngine {
                     });
                 }
             }
+            let total: usize = requests.iter().map(|r| r.checks.len()).sum();
+            if !self.options.cluster && total <= MAX_CHECKS_PER_CALL {
+                // The common case: one script call, no planning.
+                let reply = self.call_script(&requests).await?;
+                let mut decisions = reply.decisions.into_iter();
+                return Ok(requests
+                    .iter()
+                    .map(|r| {
+                        Outcome::from_decisions(decisions.by_ref().take(r.checks.len()).collect())
+                    })
+                    .collect());
+            }
             let calls = plan_calls(&requests, self.options.cluster);
             let mut outcomes: Vec<Option<Outcome>> = vec![None; requests.len()];
             let replies = futures::future::join_all(calls.iter().map(|call| {

@@ -96,18 +96,27 @@ async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", args.http_listen))?;
-    let shutdown = Shutdown::on_signals();
+    eprintln!(
+        "keel chat: IRC on {}, HTTP on {} (web client at /, WebSocket at /ws)",
+        irc.local_addr()?,
+        http.local_addr()?
+    );
+    serve_on(irc, http, config, Shutdown::on_signals()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the chat role on bound listeners with the memory engine until `shutdown` fires
+/// (`keel chat serve`, `keel dev`).
+pub async fn serve_on(
+    irc: tokio::net::TcpListener,
+    http: tokio::net::TcpListener,
+    config: Config,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let engine = MemoryEngine::new(config.history_max, config.history_age);
     let server = ChatServer::start(config, engine, irc, Some(http), shutdown)
         .await
         .context("starting the chat server")?;
-    eprintln!(
-        "keel chat: IRC on {}, HTTP on {} (web client at /, WebSocket at /ws)",
-        server.irc_addr(),
-        server
-            .http_addr()
-            .map_or_else(String::new, |a| a.to_string())
-    );
     server.wait().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

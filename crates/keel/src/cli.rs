@@ -55,6 +55,8 @@ pub enum BenchCommand {
     Limit(crate::limit_cmd::LimitBenchArgs),
     /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
     Jobs(crate::bench_jobs::BenchJobsArgs),
+    /// Resident memory per idle registered chat connection, beside ngircd.
+    Chat(crate::chat_bench::ChatBenchArgs),
 }
 
 /// Where a role keeps its state.
@@ -124,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master(args) => crate::jobs_cmd::master(args).await,
         Command::Worker(args) => crate::jobs_cmd::worker(args).await,
         Command::Job(args) => crate::jobs_cmd::job(args).await,
+        Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
     }
 }
 

@@ -19,6 +19,15 @@ pub struct DevArgs {
     /// Rate-limit rules file (default: rule "default", 100/s per key).
     #[arg(long)]
     pub limit_rules: Option<std::path::PathBuf>,
+    /// Job master address (API and dashboard); two workers run in the same process.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub jobs_listen: String,
+    /// Chat server: IRC address.
+    #[arg(long, default_value = "127.0.0.1:6667")]
+    pub irc_listen: String,
+    /// Chat server: HTTP address (web client, WebSocket, admin).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub chat_http_listen: String,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -58,12 +67,46 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     ));
 
+    let jobs_listener = tokio::net::TcpListener::bind(&args.jobs_listen)
+        .await
+        .with_context(|| format!("binding the job master on {}", args.jobs_listen))?;
+    let jobs_addr = jobs_listener.local_addr()?;
+    roles.spawn(crate::jobs_cmd::dev_jobs(
+        jobs_listener,
+        args.redis.clone(),
+        shutdown.clone(),
+    ));
+
+    let irc_listener = tokio::net::TcpListener::bind(&args.irc_listen)
+        .await
+        .with_context(|| format!("binding the chat server's IRC port on {}", args.irc_listen))?;
+    let chat_http_listener = tokio::net::TcpListener::bind(&args.chat_http_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the chat server's HTTP port on {}",
+                args.chat_http_listen
+            )
+        })?;
+    let irc_addr = irc_listener.local_addr()?;
+    let chat_http_addr = chat_http_listener.local_addr()?;
+    // The chat server has only its memory engine until its Redis engine lands (issue 6).
+    roles.spawn(crate::chat_cmd::serve_on(
+        irc_listener,
+        chat_http_listener,
+        keel_chat::Config::default(),
+        shutdown.clone(),
+    ));
+
     let engine_name = match engine {
         Engine::Memory => "memory engines (no Redis)".to_string(),
         Engine::Redis => format!("Redis at {}", redis.url),
     };
     println!("keel dev: every role in one process on {engine_name}");
     println!("  rate limiter   http://{limit_addr}   (POST /v1/check, /metrics)");
+    println!("  job master     http://{jobs_addr}   (dashboard at /, POST /v1/jobs; 2 workers)");
+    println!("  chat (IRC)     irc://{irc_addr}   (memory engine)");
+    println!("  chat (web)     http://{chat_http_addr}   (web client, WebSocket at /ws, /metrics)");
     println!("Ctrl-C stops everything.");
 
     let mut failed = false;

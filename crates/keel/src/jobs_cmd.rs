@@ -164,6 +164,58 @@ async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub async fn master(args: MasterArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::on_signals();
+    let listener = bind(&args.listen).await?;
+    serve_master(args, listener, shutdown, false).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The job master of `keel dev`: master plus two in-process workers, on memory or on Redis.
+pub async fn dev_jobs(
+    listener: tokio::net::TcpListener,
+    redis_url: Option<String>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let args = MasterArgs {
+        listen: String::new(),
+        engine: if redis_url.is_some() {
+            EngineKind::Redis
+        } else {
+            EngineKind::Memory
+        },
+        redis: RedisArgs {
+            redis_url: redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            key_prefix: "keel".into(),
+            redis_timeout: Duration::from_secs(2),
+        },
+        retention: RetentionArgs {
+            retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(7 * 24 * 3600),
+        },
+        api_token: None,
+        workers: 2,
+        concurrency: 10,
+        queues: "default".into(),
+        node_id: None,
+        leader_ttl: Duration::from_secs(5),
+        cron_grace: Duration::from_secs(2),
+    };
+    serve_master(args, listener, shutdown, true).await
+}
+
+/// Serves the master on `listener`; runs in-process workers on the memory engine, or always
+/// with `with_workers`.
+pub async fn serve_master(
+    args: MasterArgs,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+    with_workers: bool,
+) -> anyhow::Result<()> {
+    let limiter = Arc::new(match args.engine {
+        EngineKind::Memory => keel_limit::Limiter::memory(),
+        EngineKind::Redis => {
+            keel_limit::Limiter::redis(args.redis.handle()?, keel_limit::LimiterOptions::default())
+        }
+    });
     let engine: Arc<dyn Engine> = match args.engine {
         EngineKind::Memory => Arc::new(MemoryEngine::new(args.retention.config())),
         EngineKind::Redis => {
@@ -176,13 +228,13 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<ExitCode> {
             Arc::new(engine)
         }
     };
-    let listener = bind(&args.listen).await?;
     let addr = listener.local_addr().context("local address")?;
     let mut workers = Vec::new();
-    if args.engine == EngineKind::Memory {
+    if args.engine == EngineKind::Memory || with_workers {
         for _ in 0..args.workers {
             let config = worker_config(None, &args.queues, args.concurrency)?;
-            let worker = Worker::new(engine.clone(), Registry::with_builtin_kinds(), config);
+            let worker = Worker::new(engine.clone(), Registry::with_builtin_kinds(), config)
+                .with_limiter(limiter.clone());
             workers.push(tokio::spawn(worker.run(shutdown.clone())));
         }
     }
@@ -203,12 +255,16 @@ pub async fn master(args: MasterArgs) -> anyhow::Result<ExitCode> {
     for w in workers {
         let _ = w.await;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::on_signals();
     let handle = args.redis.handle()?;
+    let limiter = Arc::new(keel_limit::Limiter::redis(
+        handle.clone(),
+        keel_limit::LimiterOptions::default(),
+    ));
     let engine = RedisEngine::new(handle, EngineConfig::default());
     if let Err(e) = engine.load_scripts().await {
         tracing::warn!(error = %e, redis = %engine.redis().url_for_logs(),
@@ -235,6 +291,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     ));
     tracing::info!(%addr, id = %config.id, "keel worker admin listening");
     Worker::new(engine, Registry::with_builtin_kinds(), config)
+        .with_limiter(limiter)
         .run(shutdown.clone())
         .await;
     shutdown.trigger();

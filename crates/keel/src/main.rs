@@ -1,6 +1,7 @@
 //! `keel`: one binary, every role. This file only parses arguments and wires crates together.
 
 mod bench_jobs;
+mod chat_bench;
 mod chat_cmd;
 mod cli;
 mod dev_cmd;

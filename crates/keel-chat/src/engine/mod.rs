@@ -6,6 +6,7 @@
 //!
 //! Names are compared under `CASEMAPPING=ascii` ([`keel_irc_proto::casefold`]).
 
+pub mod conformance;
 mod memory;
 
 use std::future::Future;
