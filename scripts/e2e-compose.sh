@@ -160,6 +160,42 @@ case ",$profiles," in
     ;;
 esac
 
+# --- chat: two IRC clients through the published port exchange a message ----------------------
+case ",$profiles," in
+  *,chat,*)
+    python3 - "$KEEL_IRC_PORT" <<'PY' || fail "chat phase"
+import socket, sys, time
+port = int(sys.argv[1])
+def client(nick):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+    return s, s.makefile("r", encoding="utf-8", newline="\r\n")
+def wait(f, s, pred, what):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        line = f.readline()
+        if not line:
+            break
+        if line.startswith("PING"):
+            s.sendall(("PONG" + line[4:]).encode())
+        if pred(line):
+            return line
+    sys.exit(f"chat: no {what}")
+a, fa = client("e2ealice")
+wait(fa, a, lambda l: " 001 " in l, "001 for alice")
+b, fb = client("e2ebob")
+wait(fb, b, lambda l: " 001 " in l, "001 for bob")
+a.sendall(b"JOIN #e2e\r\n"); wait(fa, a, lambda l: " 366 " in l, "JOIN for alice")
+b.sendall(b"JOIN #e2e\r\n"); wait(fb, b, lambda l: " 366 " in l, "JOIN for bob")
+a.sendall(b"PRIVMSG #e2e :hello through compose\r\n")
+wait(fb, b, lambda l: "PRIVMSG #e2e :hello through compose" in l, "message for bob")
+print("chat: two IRC clients registered, joined #e2e and exchanged a message")
+PY
+    curl -fsS --max-time 5 "http://127.0.0.1:$KEEL_CHAT_PORT/" | grep -qi "<html" || fail "chat web client page"
+    ok "chat: IRC through port $KEEL_IRC_PORT (register, join, message) and the web client through port $KEEL_CHAT_PORT"
+    ;;
+esac
+
 # --- every service still healthy ---------------------------------------------------------------
 sleep 1
 for id in $(stack compose ps -q); do
