@@ -4,15 +4,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderValue, Request, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderValue, Request, StatusCode, Uri};
+use axum::response::Response;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use keel_limit::Limit;
-use keel_limit_tower::headers::{
-    insert_rate_limit_headers, retry_after_secs, too_many_requests_body,
-};
+use keel_limit_tower::headers::{insert_rate_limit_headers, too_many_requests};
 use keel_limit_tower::KeyExtractor;
 
 use crate::api::{problem, AppState};
@@ -111,26 +109,7 @@ pub async fn forward(
         };
         let refs: Vec<&Limit> = limits.iter().collect();
         if !result.allowed {
-            let rule = refs
-                .iter()
-                .zip(&result.decisions)
-                .find(|(_, d)| !d.allowed)
-                .map(|(l, _)| l.name.to_string())
-                .unwrap_or_default();
-            let wait = retry_after_secs(result.decision.retry_after_us);
-            let mut response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                too_many_requests_body(&rule, wait),
-            )
-                .into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/problem+json"),
-            );
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
-            insert_rate_limit_headers(headers, rules.header_style, &refs, &result.decisions);
-            return response;
+            return too_many_requests(&refs, &result, rules.header_style);
         }
         decisions = result.decisions;
     }

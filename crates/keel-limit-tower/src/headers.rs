@@ -99,6 +99,33 @@ pub fn retry_after_secs(retry_after_us: u64) -> u64 {
     base + rand::rng().random_range(0..=spread)
 }
 
+/// The whole 429 for a refused check: problem body, jittered `Retry-After`, rate-limit headers.
+/// Shared by the tower layer and `keel limit serve`'s proxy so both refuse identically.
+pub fn too_many_requests(
+    limits: &[&Limit],
+    result: &keel_limit::CheckResult,
+    style: HeaderStyle,
+) -> http::Response<axum::body::Body> {
+    let rule = limits
+        .iter()
+        .zip(&result.decisions)
+        .find(|(_, d)| !d.allowed)
+        .map(|(l, _)| l.name.to_string())
+        .unwrap_or_default();
+    let wait = retry_after_secs(result.decision.retry_after_us);
+    let mut response =
+        http::Response::new(axum::body::Body::from(too_many_requests_body(&rule, wait)));
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
+    insert_rate_limit_headers(headers, style, limits, &result.decisions);
+    response
+}
+
 /// The RFC 9457 problem body of a 429.
 pub fn too_many_requests_body(rule: &str, retry_after_secs: u64) -> String {
     serde_json::json!({

@@ -10,9 +10,7 @@ use keel_limit::{Limit, Limiter};
 use tower::{Layer, Service};
 
 use crate::extract::KeyExtractor;
-use crate::headers::{
-    insert_rate_limit_headers, retry_after_secs, too_many_requests_body, HeaderStyle,
-};
+use crate::headers::{insert_rate_limit_headers, too_many_requests, HeaderStyle};
 
 struct Config {
     limiter: Limiter,
@@ -118,23 +116,7 @@ where
             };
             let limits: Vec<&Limit> = config.limits.iter().collect();
             if !result.allowed {
-                let rule = limits
-                    .iter()
-                    .zip(&result.decisions)
-                    .find(|(_, d)| !d.allowed)
-                    .map(|(l, _)| l.name.to_string())
-                    .unwrap_or_default();
-                let wait = retry_after_secs(result.decision.retry_after_us);
-                let mut response = Response::new(Body::from(too_many_requests_body(&rule, wait)));
-                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                );
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
-                insert_rate_limit_headers(headers, config.style, &limits, &result.decisions);
-                return Ok(response);
+                return Ok(too_many_requests(&limits, &result, config.style));
             }
             let response = inner.call(Request::from_parts(parts, body)).await?;
             let mut response = response.map(Body::new);

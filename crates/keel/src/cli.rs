@@ -82,7 +82,7 @@ pub struct RedisArgs {
     #[arg(long, env = "KEEL_KEY_PREFIX", default_value = "keel")]
     pub key_prefix: String,
     /// Longest wait for one Redis reply.
-    #[arg(long, env = "KEEL_REDIS_TIMEOUT", default_value = "500ms", value_parser = keel_core::parse_duration)]
+    #[arg(long, env = "KEEL_REDIS_TIMEOUT", default_value = "2s", value_parser = keel_core::parse_duration)]
     pub redis_timeout: Duration,
 }
 
@@ -92,8 +92,13 @@ impl RedisArgs {
             url: self.url.clone(),
             key_prefix: self.key_prefix.clone(),
             response_timeout: self.redis_timeout,
-            connect_timeout: self.redis_timeout,
+            connect_timeout: self.redis_timeout.min(Duration::from_secs(1)),
         }
+    }
+
+    /// A lazily connecting handle: the role starts even while Redis is down.
+    pub fn handle(&self) -> anyhow::Result<keel_redis::RedisHandle> {
+        keel_redis::RedisHandle::connect_lazy(&self.settings()).context("Redis settings")
     }
 }
 

@@ -5,50 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use keel_core::Shutdown;
 use keel_jobs::cron::CronConfig;
 use keel_jobs::master::MasterConfig;
 use keel_jobs::worker::{default_worker_id, parse_queues};
 use keel_jobs::{Engine, EngineConfig, MemoryEngine, RedisEngine, Registry, Worker, WorkerConfig};
-use keel_redis::{RedisHandle, RedisSettings};
 use serde_json::{json, Value};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    Redis,
-    Memory,
-}
-
-/// Where the Redis engine lives.
-#[derive(Debug, Args, Clone)]
-pub struct RedisArgs {
-    /// Redis URL (`redis://`, `rediss://`, passwords work).
-    #[arg(
-        long = "redis",
-        env = "KEEL_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Prefix of every Redis key.
-    #[arg(long, env = "KEEL_KEY_PREFIX", default_value = "keel")]
-    pub key_prefix: String,
-    /// Longest wait for one Redis reply.
-    #[arg(long, env = "KEEL_REDIS_TIMEOUT", default_value = "2s", value_parser = keel_core::parse_duration)]
-    pub redis_timeout: Duration,
-}
-
-impl RedisArgs {
-    fn handle(&self) -> anyhow::Result<RedisHandle> {
-        let settings = RedisSettings {
-            url: self.redis_url.clone(),
-            key_prefix: self.key_prefix.clone(),
-            response_timeout: self.redis_timeout,
-            connect_timeout: Duration::from_secs(1),
-        };
-        RedisHandle::connect_lazy(&settings).context("Redis settings")
-    }
-}
+pub use crate::cli::{Engine as EngineKind, RedisArgs};
 
 /// Retention of finished jobs.
 #[derive(Debug, Args, Clone)]
@@ -183,7 +148,7 @@ pub async fn dev_jobs(
             EngineKind::Memory
         },
         redis: RedisArgs {
-            redis_url: redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            url: redis_url.unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             key_prefix: "keel".into(),
             redis_timeout: Duration::from_secs(2),
         },

@@ -73,8 +73,7 @@ pub fn limiter(args: &LimitServeArgs) -> anyhow::Result<(Limiter, Readiness)> {
     match args.engine {
         Engine::Memory => Ok((Limiter::memory(), Readiness::always())),
         Engine::Redis => {
-            let redis = keel_redis::RedisHandle::connect_lazy(&args.redis.settings())
-                .context("configuring the Redis connection")?;
+            let redis = args.redis.handle()?;
             let options = LimiterOptions {
                 timeout: args.timeout,
                 batching: if args.no_batching {
