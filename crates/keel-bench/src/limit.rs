@@ -254,20 +254,13 @@ async fn raw_script(
         let mut conn = redis.connection();
         let (sha, requests) = (sha.clone(), requests.clone());
         async move {
-            let check = &requests[n % requests.len()].checks[0];
+            let request = &requests[n % requests.len()];
+            let (keys, args, _) = keel_limit::encode_args(std::slice::from_ref(request), 1);
             let reply: Result<Vec<i64>, _> = keel_redis::redis::cmd("EVALSHA")
                 .arg(&sha)
-                .arg(1)
-                .arg(&check.key)
-                .arg(&[
-                    1u64,
-                    1,
-                    u64::from(spec.algorithm.code()),
-                    spec.limit,
-                    spec.period_us,
-                    spec.burst,
-                    1,
-                ])
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(&args)
                 .query_async(&mut conn)
                 .await;
             reply.is_ok()
@@ -324,14 +317,15 @@ async fn redis_benchmark(
     if let Some(password) = auth {
         command.args(["-a", &password]);
     }
-    command.args(["EVALSHA", &sha, "1", &key, "1", "1"]);
-    command.args([
-        spec.algorithm.code().to_string(),
-        spec.limit.to_string(),
-        spec.period_us.to_string(),
-        spec.burst.to_string(),
-        "1".to_string(),
-    ]);
+    // The same arguments the engine sends for one check (see `keel_limit::encode_args`).
+    let request = CheckRequest::single(Check {
+        key: key.clone(),
+        spec,
+        cost: 1,
+    });
+    let (_, args, _) = keel_limit::encode_args(std::slice::from_ref(&request), 1);
+    command.args(["EVALSHA", &sha, "1", &key]);
+    command.args(args.iter().map(i64::to_string));
     let output = command.output().await.ok()?;
     bar.finish_and_clear();
     let text = String::from_utf8_lossy(&output.stdout);

@@ -133,13 +133,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 impl RuleSet {
     /// The rules used when no file is given: `default`, GCRA, 100 per second, burst 100.
     pub fn builtin() -> Self {
-        let spec =
-            LimitSpec::new(Algorithm::Gcra, 100, 1_000_000, Some(100)).unwrap_or(LimitSpec {
-                algorithm: Algorithm::Gcra,
-                limit: 100,
-                period_us: 1_000_000,
-                burst: 100,
-            });
+        let spec = LimitSpec::new(Algorithm::Gcra, 100, 1_000_000, Some(100)).unwrap_or_default();
         Self::from_rules(
             vec![Rule {
                 limit: Limit::new("default", spec),

@@ -1,16 +1,22 @@
 -- sliding_counter.lua: Cloudflare's sliding window: the previous window's count, weighted by how
--- much of it still overlaps, plus the current count. State: window index, previous, current.
-A[4] = function(key, now, limit, period, burst, cost)
+-- much of it still overlaps, plus the current count. State: "window previous current".
+D[4] = function(v)
+  local a, b, c = string.match(v, '^(%d+) (%d+) (%d+)$')
+  if a == nil then return nil end
+  return { tonumber(a), tonumber(b), tonumber(c) }
+end
+E[4] = function(s) return fmt('%.0f %.0f %.0f', s[1], s[2], s[3]) end
+A[4] = function(sp, s, now, cost)
+  local limit, period = sp.limit, sp.period
   local window = floor(now / period)
   local elapsed = now - window * period
-  local s = redis.call('HMGET', key, 'w', 'p', 'c')
-  local w, previous, current = tonumber(s[1]), tonumber(s[2]) or 0, tonumber(s[3]) or 0
-  if w == window then
-    -- as stored
-  elseif w == window - 1 then
-    previous, current = current, 0
-  else
-    previous, current = 0, 0
+  local previous, current = 0, 0
+  if s ~= nil then
+    if s[1] == window then
+      previous, current = s[2], s[3]
+    elseif s[1] == window - 1 then
+      previous = s[3]
+    end
   end
   local weighted = previous * (period - elapsed) + current * period
   local reset = period - elapsed
@@ -20,17 +26,15 @@ A[4] = function(key, now, limit, period, burst, cost)
       retry = -1
     elseif current + cost <= limit then
       local room = (limit - current - cost) * period
-      retry = math.max(period - elapsed - floor(room / math.max(previous, 1)), 1)
+      retry = max(period - elapsed - floor(room / max(previous, 1)), 1)
     else
       local room = (limit - cost) * period
-      retry = period - elapsed + math.max(period - floor(room / math.max(current, 1)), 0)
+      retry = period - elapsed + max(period - floor(room / max(current, 1)), 0)
     end
-    return 0, limit, floor(math.max(limit * period - weighted, 0) / period), reset, retry, nil
+    return 0, floor(max(limit * period - weighted, 0) / period), reset, retry
   end
   current = current + cost
   weighted = previous * (period - elapsed) + current * period
-  return 1, limit, floor(math.max(limit * period - weighted, 0) / period), reset, 0, function()
-    redis.call('HSET', key, 'w', fmt(window), 'p', fmt(previous), 'c', fmt(current))
-    pexpire(key, reset + period)
-  end
+  return 1, floor(max(limit * period - weighted, 0) / period), reset, 0,
+    { window, previous, current }, reset + period
 end

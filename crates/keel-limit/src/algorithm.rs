@@ -79,6 +79,10 @@ const EXACT_MAX: u128 = 1 << 50;
 pub const SLIDING_LOG_MAX_LIMIT: u64 = 10_000;
 
 /// A validated limit: `limit` requests per `period_us`, with a `burst` capacity.
+///
+/// Built by [`LimitSpec::new`], which also derives, once, the numbers every GCRA decision needs
+/// (the emission interval, the tolerance, and a divider by the interval), so a decision does no
+/// integer division.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LimitSpec {
     /// The algorithm.
@@ -89,6 +93,51 @@ pub struct LimitSpec {
     pub period_us: u64,
     /// Capacity for `gcra` and `token_bucket` (requests admitted at once from idle).
     pub burst: u64,
+    /// GCRA: emission interval, `max(period / limit, 1)` µs.
+    interval: i64,
+    /// GCRA: tolerance, `interval * burst` µs.
+    tolerance: i64,
+    /// Divides by `interval` without a division instruction.
+    per_interval: Divider,
+}
+
+/// Exact floor division of integers below 2^52 by a fixed divisor, as one multiplication and a
+/// shift (Granlund-Montgomery: with `k = 52 + ceil(log2 d)` and `m = ceil(2^k / d)`,
+/// `m * d - 2^k < d <= 2^(k - 52)`, so `floor(n * m / 2^k) = floor(n / d)` for `n < 2^52`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Divider {
+    divisor: u64,
+    multiplier: u64,
+    shift: u32,
+}
+
+/// Dividends below this take the multiply-and-shift path.
+const DIVIDER_RANGE: u64 = 1 << 52;
+
+impl Divider {
+    /// A divider by `divisor` (at least 1, below 2^50).
+    const fn new(divisor: u64) -> Self {
+        let divisor = if divisor == 0 { 1 } else { divisor };
+        // ceil(log2(divisor))
+        let log = 64 - (divisor - 1).leading_zeros();
+        let shift = 52 + log;
+        let multiplier = (((1u128 << shift) + divisor as u128 - 1) / divisor as u128) as u64;
+        Self {
+            divisor,
+            multiplier,
+            shift,
+        }
+    }
+
+    /// `floor(n / divisor)`.
+    #[inline]
+    fn divide(self, n: u64) -> u64 {
+        if n < DIVIDER_RANGE {
+            ((u128::from(n) * u128::from(self.multiplier)) >> self.shift) as u64
+        } else {
+            n / self.divisor
+        }
+    }
 }
 
 /// Why a spec was refused.
@@ -141,12 +190,22 @@ impl LimitSpec {
         if algorithm == Algorithm::SlidingLog && limit > SLIDING_LOG_MAX_LIMIT {
             return Err(SpecError::SlidingLogTooLarge);
         }
-        Ok(Self {
+        Ok(Self::derive(algorithm, limit, period_us, burst))
+    }
+
+    /// A spec of numbers already validated (limit >= 1, everything below 2^50).
+    fn derive(algorithm: Algorithm, limit: u64, period_us: u64, burst: u64) -> Self {
+        let interval = (period_us / limit.max(1)).max(1);
+        let tolerance = interval.saturating_mul(burst);
+        Self {
             algorithm,
             limit,
             period_us,
             burst,
-        })
+            interval: i64::try_from(interval).unwrap_or(i64::MAX / 4),
+            tolerance: i64::try_from(tolerance).unwrap_or(i64::MAX / 4),
+            per_interval: Divider::new(interval),
+        }
     }
 
     /// The most cost one request can ever be admitted with.
@@ -156,6 +215,13 @@ impl LimitSpec {
         } else {
             self.limit
         }
+    }
+}
+
+impl Default for LimitSpec {
+    /// GCRA, 100 requests per second, burst 100.
+    fn default() -> Self {
+        Self::derive(Algorithm::Gcra, 100, 1_000_000, 100)
     }
 }
 
@@ -212,6 +278,24 @@ pub struct Evaluation {
 /// Equivalent to `evaluate` (a property test checks it); the sliding log is trimmed and
 /// appended in place instead of copied.
 pub fn apply(spec: &LimitSpec, state: &mut Option<State>, now: i64, cost: u64) -> (Decision, i64) {
+    if spec.algorithm == Algorithm::Gcra {
+        let cost = i64::try_from(cost)
+            .unwrap_or(i64::MAX / 4)
+            .min(i64::MAX / 4);
+        let stored = match state {
+            Some(State::Gcra { tat }) => Some(*tat),
+            _ => None,
+        };
+        let (decision, new_tat) = gcra_decide(spec, stored, now, cost);
+        if !decision.allowed {
+            return (decision, 0);
+        }
+        match state {
+            Some(State::Gcra { tat }) => *tat = new_tat,
+            _ => *state = Some(State::Gcra { tat: new_tat }),
+        }
+        return (decision, (new_tat - now).max(1));
+    }
     if let (Algorithm::SlidingLog, Some(State::SlidingLog { entries })) =
         (spec.algorithm, state.as_mut())
     {
@@ -282,7 +366,7 @@ pub fn evaluate(spec: &LimitSpec, state: Option<&State>, now: i64, cost: u64) ->
     let period = i64::try_from(spec.period_us).unwrap_or(i64::MAX);
     let burst = i64::try_from(spec.burst).unwrap_or(i64::MAX);
     match spec.algorithm {
-        Algorithm::Gcra => gcra(limit, period, burst, state, now, cost),
+        Algorithm::Gcra => gcra(spec, state, now, cost),
         Algorithm::TokenBucket => token_bucket(limit, period, burst, state, now, cost),
         Algorithm::SlidingLog => sliding_log(limit, period, state, now, cost),
         Algorithm::SlidingCounter => sliding_counter(limit, period, state, now, cost),
@@ -290,50 +374,59 @@ pub fn evaluate(spec: &LimitSpec, state: Option<&State>, now: i64, cost: u64) ->
     }
 }
 
-fn gcra(
-    limit: i64,
-    period: i64,
-    burst: i64,
-    state: Option<&State>,
-    now: i64,
-    cost: i64,
-) -> Evaluation {
-    let interval = (period / limit).max(1);
-    let tolerance = interval * burst;
+fn gcra(spec: &LimitSpec, state: Option<&State>, now: i64, cost: i64) -> Evaluation {
     let stored = match state {
-        Some(State::Gcra { tat }) => *tat,
-        _ => now,
+        Some(State::Gcra { tat }) => Some(*tat),
+        _ => None,
     };
-    let tat = stored.max(now);
-    let new_tat = tat + cost.min(burst + 1) * interval;
-    let allow_at = new_tat - tolerance;
-    if allow_at > now {
-        let remaining = (now + tolerance - tat).max(0) / interval;
-        let retry = if cost > burst { -1 } else { allow_at - now };
+    let (decision, new_tat) = gcra_decide(spec, stored, now, cost);
+    if !decision.allowed {
         return Evaluation {
-            decision: Decision {
-                allowed: false,
-                limit: to_u64(burst),
-                remaining: to_u64(remaining),
-                reset_after_us: to_u64(tat - now),
-                retry_after_us: if retry < 0 { u64::MAX } else { to_u64(retry) },
-            },
+            decision,
             next: None,
             ttl_us: 0,
         };
     }
-    let remaining = (now + tolerance - new_tat).max(0) / interval;
     Evaluation {
-        decision: Decision {
-            allowed: true,
-            limit: to_u64(burst),
-            remaining: to_u64(remaining),
-            reset_after_us: to_u64(new_tat - now),
-            retry_after_us: 0,
-        },
+        decision,
         next: Some(State::Gcra { tat: new_tat }),
         ttl_us: (new_tat - now).max(1),
     }
+}
+
+/// GCRA's decision from the stored TAT (`None`: idle) and the new TAT to store when admitted.
+/// No division: the interval and tolerance come precomputed with the spec.
+#[inline]
+fn gcra_decide(spec: &LimitSpec, stored: Option<i64>, now: i64, cost: i64) -> (Decision, i64) {
+    let (interval, tolerance) = (spec.interval, spec.tolerance);
+    let burst = i64::try_from(spec.burst).unwrap_or(i64::MAX / 4);
+    let tat = stored.unwrap_or(now).max(now);
+    let new_tat = tat + cost.min(burst + 1) * interval;
+    let allow_at = new_tat - tolerance;
+    if allow_at > now {
+        let remaining = spec.per_interval.divide(to_u64(now + tolerance - tat));
+        let retry = if cost > burst {
+            u64::MAX
+        } else {
+            to_u64(allow_at - now)
+        };
+        let decision = Decision {
+            allowed: false,
+            limit: spec.burst,
+            remaining,
+            reset_after_us: to_u64(tat - now),
+            retry_after_us: retry,
+        };
+        return (decision, tat);
+    }
+    let decision = Decision {
+        allowed: true,
+        limit: spec.burst,
+        remaining: spec.per_interval.divide(to_u64(now + tolerance - new_tat)),
+        reset_after_us: to_u64(new_tat - now),
+        retry_after_us: 0,
+    };
+    (decision, new_tat)
 }
 
 fn token_bucket(
@@ -687,6 +780,49 @@ mod tests {
                     proptest::prop_assert_eq!(ttl, e.ttl_us);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_divider_divides_exactly_at_the_edges() {
+        let divisors = [
+            1u64,
+            2,
+            3,
+            7,
+            10,
+            1000,
+            1 << 20,
+            (1 << 20) + 1,
+            (1 << 50) - 1,
+        ];
+        let dividends = [
+            0u64,
+            1,
+            2,
+            999,
+            1000,
+            1001,
+            (1 << 52) - 1,
+            1 << 52,
+            u64::MAX,
+        ];
+        for d in divisors {
+            let divider = Divider::new(d);
+            for n in dividends
+                .iter()
+                .copied()
+                .chain([d - 1, d, d + 1, d * 3 - 1])
+            {
+                assert_eq!(divider.divide(n), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_divider_agrees_with_division(d in 1u64..(1 << 50), n in 0u64..(1 << 52)) {
+            proptest::prop_assert_eq!(Divider::new(d).divide(n), n / d);
         }
     }
 

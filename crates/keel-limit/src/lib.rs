@@ -21,4 +21,4 @@ pub use clock::{Clock, FastClock, ManualClock, TokioClock};
 pub use engine::{Check, CheckRequest, LimitEngine, LimitError, Outcome};
 pub use limiter::{CheckResult, FailurePolicy, Limit, Limiter, LimiterOptions, Source};
 pub use memory::{MemoryEngine, MemoryOptions};
-pub use redis_engine::{RedisEngine, RedisEngineOptions, Scripts};
+pub use redis_engine::{encode_args, RedisEngine, RedisEngineOptions, Scripts};

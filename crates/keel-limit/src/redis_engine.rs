@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use keel_redis::{cluster_slot, LuaScript, RedisError, RedisHandle};
 
-use crate::algorithm::{Algorithm, Decision};
+use crate::algorithm::{Algorithm, Decision, LimitSpec};
 use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
@@ -155,22 +155,7 @@ impl RedisEngine {
         } else {
             self.scripts.mixed()
         };
-        let mut keys: Vec<&str> = Vec::with_capacity(total);
-        let mut args: Vec<u64> = Vec::with_capacity(1 + requests.len() + total * 5);
-        args.push(requests.len() as u64);
-        for request in requests {
-            args.push(request.checks.len() as u64);
-            for check in &request.checks {
-                keys.push(&check.key);
-                args.extend([
-                    u64::from(check.spec.algorithm.code()),
-                    check.spec.limit,
-                    check.spec.period_us,
-                    check.spec.burst,
-                    check.cost,
-                ]);
-            }
-        }
+        let (keys, args, specs) = encode_args(requests, total);
         let mut conn = self.redis.connection();
         let started = std::time::Instant::now();
         let reply: Vec<i64> = self
@@ -179,27 +164,71 @@ impl RedisEngine {
             .await?;
         metrics::histogram!("keel_limit_redis_call_seconds")
             .record(started.elapsed().as_secs_f64());
-        parse_reply(&reply, total)
+        parse_reply(&reply, &specs)
     }
 }
 
-fn parse_reply(reply: &[i64], checks: usize) -> Result<ScriptReply, LimitError> {
-    if reply.len() != 1 + checks * 5 {
+/// `check.lua`'s arguments: the keys, then `ARGV` = the distinct specs once (`count, then
+/// algorithm, limit, period_us, burst` each) and per check its spec's 1-based index (negative
+/// when more checks of the same request follow) and its cost. Also returns each check's spec.
+pub fn encode_args(
+    requests: &[CheckRequest],
+    total: usize,
+) -> (Vec<&str>, Vec<i64>, Vec<LimitSpec>) {
+    let mut keys: Vec<&str> = Vec::with_capacity(total);
+    let mut distinct: Vec<LimitSpec> = Vec::new();
+    let mut per_check: Vec<LimitSpec> = Vec::with_capacity(total);
+    let mut checks: Vec<i64> = Vec::with_capacity(total * 2);
+    for request in requests {
+        let last = request.checks.len().saturating_sub(1);
+        for (i, check) in request.checks.iter().enumerate() {
+            keys.push(&check.key);
+            per_check.push(check.spec);
+            let index = match distinct.iter().position(|s| *s == check.spec) {
+                Some(index) => index + 1,
+                None => {
+                    distinct.push(check.spec);
+                    distinct.len()
+                }
+            };
+            let index = i64::try_from(index).unwrap_or(i64::MAX);
+            checks.push(if i < last { -index } else { index });
+            checks.push(i64::try_from(check.cost).unwrap_or(i64::MAX));
+        }
+    }
+    let mut args: Vec<i64> = Vec::with_capacity(1 + distinct.len() * 4 + checks.len());
+    args.push(i64::try_from(distinct.len()).unwrap_or(i64::MAX));
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for spec in &distinct {
+        args.extend([
+            i64::from(spec.algorithm.code()),
+            int(spec.limit),
+            int(spec.period_us),
+            int(spec.burst),
+        ]);
+    }
+    args.extend(checks);
+    (keys, args, per_check)
+}
+
+fn parse_reply(reply: &[i64], specs: &[LimitSpec]) -> Result<ScriptReply, LimitError> {
+    if reply.len() != 1 + specs.len() * 4 {
         return Err(LimitError::Redis(RedisError::UnexpectedReply(format!(
             "expected {} integers, got {}",
-            1 + checks * 5,
+            1 + specs.len() * 4,
             reply.len()
         ))));
     }
     let to_u64 = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
     let decisions = reply[1..]
-        .chunks_exact(5)
-        .map(|c| Decision {
+        .chunks_exact(4)
+        .zip(specs)
+        .map(|(c, spec)| Decision {
             allowed: c[0] == 1,
-            limit: to_u64(c[1]),
-            remaining: to_u64(c[2]),
-            reset_after_us: to_u64(c[3]),
-            retry_after_us: to_u64(c[4]),
+            limit: spec.capacity(),
+            remaining: to_u64(c[1]),
+            reset_after_us: to_u64(c[2]),
+            retry_after_us: to_u64(c[3]),
         })
         .collect();
     Ok(ScriptReply {
@@ -365,9 +394,37 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_errors() {
-        assert!(parse_reply(&[1, 2, 3], 1).is_err());
-        let ok = parse_reply(&[7, 1, 10, 9, 100, 0], 1).expect("reply");
+        let spec = LimitSpec::new(Algorithm::Gcra, 10, 1_000_000, None).expect("spec");
+        assert!(parse_reply(&[1, 2, 3], &[spec]).is_err());
+        let ok = parse_reply(&[7, 1, 9, 100, 0], &[spec]).expect("reply");
         assert_eq!(ok.now_us, 7);
         assert!(ok.decisions[0].allowed);
+        assert_eq!(ok.decisions[0].limit, 10);
+        let denied = parse_reply(&[7, 0, 0, 100, -1], &[spec]).expect("reply");
+        assert_eq!(denied.decisions[0].retry_after_us, u64::MAX);
+    }
+
+    #[test]
+    fn arguments_carry_each_spec_once_and_mark_groups() {
+        let a = LimitSpec::new(Algorithm::Gcra, 10, 1_000_000, None).expect("spec");
+        let b = LimitSpec::new(Algorithm::FixedWindow, 5, 60_000_000, None).expect("spec");
+        let check = |key: &str, spec, cost| Check {
+            key: key.into(),
+            spec,
+            cost,
+        };
+        let requests = vec![
+            CheckRequest::single(check("k1", a, 1)),
+            CheckRequest {
+                checks: vec![check("k2", b, 2), check("k3", a, 3)],
+            },
+        ];
+        let (keys, args, specs) = encode_args(&requests, 3);
+        assert_eq!(keys, ["k1", "k2", "k3"]);
+        assert_eq!(specs, [a, b, a]);
+        assert_eq!(
+            args,
+            [2, 1, 10, 1_000_000, 10, 5, 5, 60_000_000, 5, 1, 1, -2, 2, 1, 3]
+        );
     }
 }

@@ -35,9 +35,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn lua_and_rust_agree(specs in prop::collection::vec(spec(), 1..3), steps in steps()) {
+    fn lua_and_rust_agree(
+        specs in prop::collection::vec(spec(), 1..3),
+        steps in steps(),
+        copies in prop_oneof![Just(1usize), 1usize..5],
+    ) {
         let server = SERVER.with(|s| s.url());
-        RUNTIME.with(|rt| rt.block_on(check_agreement(&server, &specs, &steps)))?;
+        RUNTIME.with(|rt| rt.block_on(check_agreement(&server, &specs, &steps, copies)))?;
     }
 }
 
@@ -49,10 +53,13 @@ thread_local! {
         .expect("runtime");
 }
 
+/// Each step sends `copies` identical requests in one script call (as the batcher does when
+/// callers hit the same keys at once); the Rust side replays them one after the other.
 async fn check_agreement(
     url: &str,
     specs: &[LimitSpec],
     steps: &[(u64, u64)],
+    copies: usize,
 ) -> Result<(), TestCaseError> {
     let redis = RedisHandle::connect(&RedisSettings::new(url))
         .await
@@ -78,28 +85,33 @@ async fn check_agreement(
                 })
                 .collect(),
         };
-        let reply = engine.call_script(&[request]).await.expect("script call");
-        let evaluations: Vec<_> = specs
-            .iter()
-            .zip(&states)
-            .map(|(spec, state)| evaluate(spec, state.as_ref(), reply.now_us, cost))
-            .collect();
-        for (i, (lua, rust)) in reply.decisions.iter().zip(&evaluations).enumerate() {
-            prop_assert_eq!(
-                lua,
-                &rust.decision,
-                "step {} check {} spec {:?} cost {} at {}",
-                step,
-                i,
-                specs[i],
-                cost,
-                reply.now_us
-            );
-        }
-        if evaluations.iter().all(|e| e.decision.allowed) {
-            for (state, evaluation) in states.iter_mut().zip(evaluations) {
-                if let Some(next) = evaluation.next {
-                    *state = Some(next);
+        let batch = vec![request; copies];
+        let reply = engine.call_script(&batch).await.expect("script call");
+        prop_assert_eq!(reply.decisions.len(), specs.len() * copies);
+        for (copy, lua_decisions) in reply.decisions.chunks(specs.len()).enumerate() {
+            let evaluations: Vec<_> = specs
+                .iter()
+                .zip(&states)
+                .map(|(spec, state)| evaluate(spec, state.as_ref(), reply.now_us, cost))
+                .collect();
+            for (i, (lua, rust)) in lua_decisions.iter().zip(&evaluations).enumerate() {
+                prop_assert_eq!(
+                    lua,
+                    &rust.decision,
+                    "step {} copy {} check {} spec {:?} cost {} at {}",
+                    step,
+                    copy,
+                    i,
+                    specs[i],
+                    cost,
+                    reply.now_us
+                );
+            }
+            if evaluations.iter().all(|e| e.decision.allowed) {
+                for (state, evaluation) in states.iter_mut().zip(evaluations) {
+                    if let Some(next) = evaluation.next {
+                        *state = Some(next);
+                    }
                 }
             }
         }
