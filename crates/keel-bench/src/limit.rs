@@ -196,7 +196,22 @@ async fn keel_limiter(
     let limiter_options = LimiterOptions {
         timeout: Duration::from_secs(2),
         batching: if batching {
-            Some(Default::default())
+            // The library's defaults; `KEEL_BENCH_IN_FLIGHT` / `KEEL_BENCH_MAX_BATCH` override
+            // them to try other bounds.
+            let mut b = keel_limit::BatcherOptions::default();
+            if let Some(v) = std::env::var("KEEL_BENCH_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                b.max_in_flight = v;
+            }
+            if let Some(v) = std::env::var("KEEL_BENCH_MAX_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                b.max_batch = v;
+            }
+            Some(b)
         } else {
             None
         },

@@ -1,14 +1,17 @@
 //! Coalescing: decisions in flight at the same moment share one script call.
 //!
 //! Callers hand their request to a queue; one task takes whatever is queued (up to a bound),
-//! sends it as one engine call, and hands each caller its outcome. A few calls run at once, so
-//! while they are in flight the next batch fills up: under load batches grow by themselves, and
-//! at low load a request goes alone with no added wait.
+//! sends it as one engine call, and hands each caller its outcome. When nothing is in flight a
+//! request goes at once, with no added wait. While a call is in flight the next batch keeps
+//! filling, and leaves when that call returns or when it is full: so under load batches grow
+//! by themselves (each call's fixed cost is shared by more decisions), and only full batches
+//! add calls in flight, up to `max_in_flight`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
 
@@ -17,7 +20,7 @@ use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
 pub struct BatcherOptions {
     /// Most checks in one engine call.
     pub max_batch: usize,
-    /// Engine calls in flight at once.
+    /// Engine calls in flight at once (a call beyond the first leaves only with a full batch).
     pub max_in_flight: usize,
     /// Requests waiting in the queue before callers wait for room.
     pub queue: usize,
@@ -57,31 +60,54 @@ async fn run(
     options: BatcherOptions,
 ) {
     let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let returned = Arc::new(Notify::new());
     loop {
-        // Wait for room first: while every call is in flight, requests pile up in the queue and
-        // the next batch takes them all.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let Some(first) = receiver.recv().await else {
             return;
         };
         let mut checks = first.0.checks.len();
         let mut batch = vec![first];
-        while checks < options.max_batch {
-            match receiver.try_recv() {
-                Ok(item) => {
-                    checks += item.0.checks.len();
-                    batch.push(item);
+        let mut open = true;
+        loop {
+            while checks < options.max_batch {
+                match receiver.try_recv() {
+                    Ok(item) => {
+                        checks += item.0.checks.len();
+                        batch.push(item);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            if !open || checks >= options.max_batch || in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            // A call is in flight and this batch is not full: it waits for that call to return
+            // (a stored notification only makes this loop look again) or for more requests.
+            tokio::select! {
+                _ = returned.notified() => {}
+                item = receiver.recv() => match item {
+                    Some(item) => {
+                        checks += item.0.checks.len();
+                        batch.push(item);
+                    }
+                    None => open = false,
+                },
             }
         }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         metrics::histogram!("keel_limit_batch_size").record(batch.len() as f64);
-        let inner = inner.clone();
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let (inner, in_flight, returned) = (inner.clone(), in_flight.clone(), returned.clone());
         tokio::spawn(async move {
             let (requests, replies): (Vec<CheckRequest>, Vec<Reply>) = batch.into_iter().unzip();
-            match inner.check_batch(requests).await {
+            let result = inner.check_batch(requests).await;
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            returned.notify_one();
+            drop(permit);
+            match result {
                 Ok(outcomes) => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
@@ -105,7 +131,6 @@ async fn run(
                     }
                 }
             }
-            drop(permit);
         });
     }
 }

@@ -423,7 +423,11 @@ impl Limiter {
     }
 
     fn mark_healthy(&self) {
-        if self.inner.degraded.swap(false, Ordering::AcqRel) {
+        // A plain load first: every decision passes here, and a swap would write the shared
+        // cache line each time.
+        if self.inner.degraded.load(Ordering::Relaxed)
+            && self.inner.degraded.swap(false, Ordering::AcqRel)
+        {
             tracing::info!(
                 engine = self.inner.engine.name(),
                 "rate limiter: Redis is back, deciding on Redis again"
