@@ -121,7 +121,7 @@ impl Divider {
         // ceil(log2(divisor))
         let log = 64 - (divisor - 1).leading_zeros();
         let shift = 52 + log;
-        let multiplier = (((1u128 << shift) + divisor as u128 - 1) / divisor as u128) as u64;
+        let multiplier = (1u128 << shift).div_ceil(divisor as u128) as u64;
         Self {
             divisor,
             multiplier,
