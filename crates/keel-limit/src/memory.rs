@@ -44,6 +44,7 @@ struct Slot {
 struct Shard {
     table: HashTable<Slot>,
     ops_since_sweep: u32,
+    last_sweep_us: i64,
 }
 
 /// Sharded in-memory limiter state.
@@ -55,7 +56,12 @@ pub struct MemoryEngine {
     clock: Arc<dyn Clock>,
 }
 
+/// A shard looks for expired keys every this many decisions...
 const SWEEP_EVERY: u32 = 4096;
+/// ...and sweeps them at most this often (or at once when it is full): sweeping keys whose
+/// state expires within microseconds of use (a generous limit) more often than this only
+/// trades their slots for a free and an allocation each.
+const SWEEP_INTERVAL_US: i64 = 1_000_000;
 
 impl MemoryEngine {
     /// An engine on the fast wall clock with default sizing.
@@ -244,12 +250,16 @@ impl Shard {
     fn tick(&mut self, now: i64) {
         self.ops_since_sweep += 1;
         if self.ops_since_sweep >= SWEEP_EVERY {
-            self.sweep(now);
+            self.ops_since_sweep = 0;
+            if now - self.last_sweep_us >= SWEEP_INTERVAL_US {
+                self.sweep(now);
+            }
         }
     }
 
     fn sweep(&mut self, now: i64) {
         self.ops_since_sweep = 0;
+        self.last_sweep_us = now;
         self.table.retain(|slot| slot.expires_at > now);
     }
 }
@@ -313,6 +323,22 @@ mod tests {
             engine.check_now(&check(&format!("z{i}"), spec));
         }
         assert!(engine.len() <= 100);
+    }
+
+    #[test]
+    fn idle_keys_are_swept_before_the_shard_is_full() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let engine = engine(1_000_000, clock.clone());
+        let spec = LimitSpec::new(Algorithm::FixedWindow, 10, 1_000_000, None).expect("spec");
+        for i in 0..1000 {
+            assert!(engine.check_now(&check(&format!("k{i}"), spec)).allowed);
+        }
+        assert_eq!(engine.len(), 1000);
+        clock.advance_us(3_000_000);
+        for _ in 0..SWEEP_EVERY {
+            engine.check_now(&check("hot", spec));
+        }
+        assert_eq!(engine.len(), 1, "only the key in use is left");
     }
 
     #[test]
