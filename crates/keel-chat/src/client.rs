@@ -32,6 +32,7 @@ pub mod cap {
     pub const CHATHISTORY: u32 = 1 << 15;
     pub const ACCOUNT_REGISTRATION: u32 = 1 << 16;
     pub const EXTENDED_MONITOR: u32 = 1 << 17;
+    pub const NO_IMPLICIT_NAMES: u32 = 1 << 18;
 
     /// Name, bit, and the value shown in `CAP LS 302`.
     pub const ALL: &[(&str, u32, &str)] = &[
@@ -57,6 +58,7 @@ pub mod cap {
             "before-connect",
         ),
         ("extended-monitor", EXTENDED_MONITOR, ""),
+        ("draft/no-implicit-names", NO_IMPLICIT_NAMES, ""),
     ];
 
     /// The bit of a capability name.

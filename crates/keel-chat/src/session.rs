@@ -912,7 +912,10 @@ impl<E: ChatEngine> Session<E> {
                         self.num("332", vec![name.clone(), t.text.clone()]);
                         self.num("333", vec![name.clone(), t.setter.clone(), s(t.time)]);
                     }
-                    self.names(&name).await;
+                    // draft/no-implicit-names: big channels cost no NAMES burst per JOIN.
+                    if !self.has(cap::NO_IMPLICIT_NAMES) {
+                        self.names(&name).await;
+                    }
                 }
                 Err(e) => {
                     let (code, text) = match e {

@@ -22,8 +22,20 @@ struct Node {
 
 async fn node(redis: &RedisServer, name: &str, presence_ttl: &str) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["chat", "serve", "--engine", "redis", "--redis", &redis.url()])
-        .args(["--irc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "chat",
+            "serve",
+            "--engine",
+            "redis",
+            "--redis",
+            &redis.url(),
+        ])
+        .args([
+            "--irc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--server-name", name, "--presence-ttl", presence_ttl])
         .env("KEEL_LOG", "warn")
         .env("KEEL_LOG_FORMAT", "json")
@@ -122,7 +134,9 @@ async fn messages_monitor_and_history_cross_nodes() {
 
     let mut carol = Irc::connect(&a, "carol", &[]).await;
     carol.send("MONITOR + bob").await;
-    carol.expect(|l| l.contains(" 731 ") && l.contains("bob")).await;
+    carol
+        .expect(|l| l.contains(" 731 ") && l.contains("bob"))
+        .await;
 
     let mut alice = Irc::connect(&a, "alice", &[]).await;
     let mut bob = Irc::connect(&b, "bob", &[]).await;
@@ -165,7 +179,9 @@ async fn messages_monitor_and_history_cross_nodes() {
     alice
         .expect(|l| l.starts_with(":bob!") && l.contains("QUIT"))
         .await;
-    carol.expect(|l| l.contains(" 731 ") && l.contains("bob")).await;
+    carol
+        .expect(|l| l.contains(" 731 ") && l.contains("bob"))
+        .await;
     drop((a, b));
 }
 
