@@ -872,7 +872,7 @@ impl<E: ChatEngine> Session<E> {
             let max = self.shared.config.limits.max_channels;
             match self.shared.engine.join(chan, self.id, key, max).await {
                 Ok(joined) => {
-                    let name = joined.channel.name.clone();
+                    let name = joined.name.clone();
                     let account = self.account.clone().unwrap_or_else(|| s("*"));
                     let realname = self.user.as_ref().map(|u| u.1.clone()).unwrap_or_default();
                     let msgid = self.shared.msgids.next();
@@ -883,8 +883,7 @@ impl<E: ChatEngine> Session<E> {
                         .msg_from_me("JOIN", vec![name.clone(), account, realname])
                         .with_tag("msgid", msgid);
                     let (plain, ext) = (Arc::new(plain), Arc::new(ext));
-                    let ids: Vec<ClientId> =
-                        joined.channel.members.iter().map(|m| m.client.id).collect();
+                    let ids: Vec<ClientId> = joined.members.clone();
                     let mine = if self.has(cap::EXTENDED_JOIN) {
                         &ext
                     } else {
@@ -908,7 +907,7 @@ impl<E: ChatEngine> Session<E> {
                             self.deliver(&others, &away, cap::AWAY_NOTIFY, false);
                         }
                     }
-                    if let Some(t) = &joined.channel.topic {
+                    if let Some(t) = &joined.topic {
                         self.num("332", vec![name.clone(), t.text.clone()]);
                         self.num("333", vec![name.clone(), t.setter.clone(), s(t.time)]);
                     }
