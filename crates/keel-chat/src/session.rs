@@ -260,7 +260,12 @@ impl<E: ChatEngine> Session<E> {
             )
         {
             // Stated rule: nothing that needs the network state runs while the store is
-            // away, and nothing is queued to arrive late; the client is told to retry.
+            // away, and nothing is queued to arrive late; the client is told to retry. A
+            // client still registering is closed with a hint its reconnect policy honours.
+            if !self.registered {
+                self.quit = Some(s("Network degraded; try again in 5 seconds"));
+                return;
+            }
             self.fail(
                 &command,
                 "TEMPORARILY_UNAVAILABLE",
