@@ -16,6 +16,6 @@ pub mod util;
 pub mod ws;
 
 pub use config::{Config, ConfigError, Limits, Operator};
-pub use engine::{ChatEngine, MemoryEngine};
+pub use engine::{ChatEngine, MemoryEngine, RedisEngine};
 pub use server::{ChatServer, RedisRelay, ServerError};
 pub use session::{hash_password, verify_password};

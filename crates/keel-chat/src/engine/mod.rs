@@ -8,11 +8,13 @@
 
 pub mod conformance;
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use memory::{MemoryEngine, DEFAULT_PRESENCE_TTL};
+pub use redis::{RedisEngine, DEFAULT_MAX_CHANNEL_MEMBERS, HEARTBEAT_CHUNK};
 
 /// Identifies a connection across the network: the node's number in the high 32 bits, a
 /// sequence of that node in the low 32 (see [`client_id`]), so any node can tell where a client
