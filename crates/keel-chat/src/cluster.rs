@@ -206,6 +206,9 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
     let tick = full_every.min(Duration::from_secs(1));
     let node = shared.node;
     let mut last_full = tokio::time::Instant::now() - full_every;
+    // Consecutive answered heartbeats: recovery is announced after two, so a Redis that is
+    // still loading its data does not make the node flap between degraded and recovered.
+    let mut answered = 0u32;
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -226,7 +229,10 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
                 if full {
                     last_full = tokio::time::Instant::now();
                 }
-                shared.set_store_ok(true);
+                answered = answered.saturating_add(1);
+                if answered >= 2 || !shared.is_degraded() {
+                    shared.set_store_ok(true);
+                }
                 for id in unknown {
                     if let Some(h) = shared.hub.get(id) {
                         if h.is_registered() {
@@ -238,6 +244,7 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
             }
             Err(e) => {
                 tracing::debug!(error = %e, "heartbeat failed");
+                answered = 0;
                 shared.set_store_ok(false);
                 continue;
             }

@@ -124,6 +124,16 @@ impl<E: ChatEngine> Session<E> {
         self.out.push(m);
     }
 
+    /// `FAIL <command> TEMPORARILY_UNAVAILABLE`: the store did not answer; try again.
+    fn temporarily_unavailable(&mut self, command: &str) {
+        self.fail(
+            command,
+            "TEMPORARILY_UNAVAILABLE",
+            vec![],
+            "Network degraded; try again shortly",
+        );
+    }
+
     fn msg_from_me(&self, command: &str, params: Vec<String>) -> Message {
         let mut m = Message::new(command, params)
             .with_source(self.mask())
@@ -253,7 +263,7 @@ impl<E: ChatEngine> Session<E> {
             }
             return;
         }
-        if self.shared.is_degraded()
+        if (self.shared.is_degraded() || !self.shared.engine.available())
             && !matches!(
                 command.as_str(),
                 "CAP" | "PING" | "PONG" | "QUIT" | "PASS" | "MOTD" | "VERSION" | "TIME"
@@ -266,12 +276,7 @@ impl<E: ChatEngine> Session<E> {
                 self.quit = Some(s("Network degraded; try again in 5 seconds"));
                 return;
             }
-            self.fail(
-                &command,
-                "TEMPORARILY_UNAVAILABLE",
-                vec![],
-                "Network degraded; try again shortly",
-            );
+            self.temporarily_unavailable(&command);
             return;
         }
         match command.as_str() {
@@ -931,6 +936,10 @@ impl<E: ChatEngine> Session<E> {
                             ("405", "You have joined too many channels")
                         }
                         EngineError::UserOnChannel => continue,
+                        EngineError::Unavailable(_) => {
+                            self.temporarily_unavailable("JOIN");
+                            continue;
+                        }
                         _ => ("403", "No such channel"),
                     };
                     self.num(code, vec![chan.clone(), s(text)]);
@@ -1398,6 +1407,10 @@ impl<E: ChatEngine> Session<E> {
                             self.out.push((*m).clone());
                         }
                     }
+                    Err(EngineError::Unavailable(_)) => {
+                        self.temporarily_unavailable(command);
+                        continue;
+                    }
                     Err(EngineError::NoSuchChannel) => {
                         if !notice {
                             self.num("403", vec![target.to_owned(), s("No such channel")]);
@@ -1413,7 +1426,9 @@ impl<E: ChatEngine> Session<E> {
                 }
             } else {
                 let Some(to) = self.shared.engine.find_nick(target).await else {
-                    if !notice {
+                    if !self.shared.engine.available() {
+                        self.temporarily_unavailable(command);
+                    } else if !notice {
                         self.num("401", vec![target.to_owned(), s("No such nick/channel")]);
                     }
                     continue;

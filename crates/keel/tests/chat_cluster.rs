@@ -37,7 +37,7 @@ async fn node(redis: &RedisServer, name: &str, presence_ttl: &str) -> Node {
             "127.0.0.1:0",
         ])
         .args(["--server-name", name, "--presence-ttl", presence_ttl])
-        .env("KEEL_LOG", "warn")
+        .env("KEEL_LOG", "info")
         .env("KEEL_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -55,8 +55,13 @@ async fn node(redis: &RedisServer, name: &str, presence_ttl: &str) -> Node {
     })
     .await
     .expect("node banner");
-    // Keep draining stderr so the node never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    // Keep draining stderr so the node never blocks on a full pipe; shown when a test fails.
+    let tag = name.to_owned();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            eprintln!("[{tag}] {line}");
+        }
+    });
     Node { child, irc }
 }
 
@@ -64,6 +69,8 @@ struct Irc {
     lines: Lines<BufReader<OwnedReadHalf>>,
     w: OwnedWriteHalf,
     nick: String,
+    /// The latest lines read, for failure messages.
+    seen: Vec<String>,
 }
 
 impl Irc {
@@ -88,6 +95,7 @@ impl Irc {
             lines: BufReader::new(r).lines(),
             w,
             nick: String::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -101,14 +109,15 @@ impl Irc {
     /// Reads until a line matches (answering PINGs); panics after the guard.
     async fn expect(&mut self, pred: impl Fn(&str) -> bool) -> String {
         let nick = self.nick.clone();
-        tokio::time::timeout(GUARD, async {
+        let result = tokio::time::timeout(GUARD, async {
             loop {
-                let line = self
-                    .lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("{nick}: connection closed"));
+                let Some(line) = self.lines.next_line().await.ok().flatten() else {
+                    return Err("connection closed");
+                };
+                if self.seen.len() >= 20 {
+                    self.seen.remove(0);
+                }
+                self.seen.push(line.clone());
                 if let Some(token) = line.strip_prefix("PING ") {
                     self.w
                         .write_all(format!("PONG {token}\r\n").as_bytes())
@@ -117,12 +126,19 @@ impl Irc {
                     continue;
                 }
                 if pred(&line) {
-                    return line;
+                    return Ok(line);
                 }
             }
         })
-        .await
-        .unwrap_or_else(|_| panic!("{nick}: no expected line within {GUARD:?}"))
+        .await;
+        match result {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => panic!("{nick}: {e}; last lines: {:#?}", self.seen),
+            Err(_) => panic!(
+                "{nick}: no expected line within {GUARD:?}; last lines: {:#?}",
+                self.seen
+            ),
+        }
     }
 }
 
@@ -217,7 +233,13 @@ async fn a_killed_nodes_users_quit_for_everyone_within_the_presence_ttl() {
     let mut bob2 = Irc::connect(&a, "bob", &[]).await;
     bob2.send("NAMES #x").await;
     let names = bob2.expect(|l| l.contains(" 353 ")).await;
-    assert!(!names.contains("bob"), "{names}");
+    let members = names.split(" #x ").nth(1).unwrap().trim_start_matches(':');
+    assert!(
+        !members
+            .split(' ')
+            .any(|m| m.trim_start_matches('@') == "bob"),
+        "{names}"
+    );
 }
 
 #[tokio::test]
@@ -246,7 +268,31 @@ async fn nodes_survive_a_redis_restart_without_restarting() {
         .await;
     bob.expect(|l| l.contains("NOTICE") && l.contains("Network recovered"))
         .await;
-    alice.send("PRIVMSG #x :after the restart").await;
+    // A client that is refused retries, as the FAIL asks; the message then reaches bob.
+    for attempt in 0.. {
+        assert!(
+            attempt < 40,
+            "the message was refused for 20 s after Redis came back"
+        );
+        alice.send("PRIVMSG #x :after the restart").await;
+        alice.send(&format!("PING :try{attempt}")).await;
+        let token = format!("try{attempt}");
+        let mut refused = false;
+        loop {
+            let l = alice
+                .expect(|l| l.contains("FAIL") || l.contains("PONG"))
+                .await;
+            if l.contains("FAIL") {
+                refused = true;
+            } else if l.ends_with(&token) {
+                break;
+            }
+        }
+        if !refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let got = bob.expect(|l| l.contains("PRIVMSG #x")).await;
     assert!(got.ends_with("after the restart"), "{got}");
 }
