@@ -253,3 +253,83 @@ async fn redis_away_makes_the_engine_unavailable_until_it_returns() {
     assert!(e.available());
     assert_eq!(e.find_nick("third").await.unwrap().id, 3);
 }
+
+#[tokio::test]
+async fn a_hung_redis_times_out_into_unavailable_and_recovers_when_it_answers() {
+    let server = RedisServer::start().unwrap();
+    let e = node(&server, "hung").await;
+    e.register(client(1, "one")).await.unwrap();
+    server.freeze().unwrap();
+    // Each call gives up after the handle's timeout instead of waiting for the frozen server.
+    assert!(matches!(
+        e.join("#x", 1, None, 10).await,
+        Err(EngineError::Unavailable(_))
+    ));
+    assert!(!e.available());
+    assert!(e.peers(1).await.is_empty());
+    server.thaw().unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if e.find_nick("one").await.is_some() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "answers again once Redis does");
+    assert!(e.available());
+    // A call that timed out may still have been applied once Redis woke up (the command was
+    // sent): the state is then as if it had succeeded, never half-applied.
+    match e.join("#x", 1, None, 10).await {
+        Ok(j) => assert!(j.created),
+        Err(err) => assert_eq!(err, EngineError::UserOnChannel),
+    }
+    assert_eq!(e.channel("#x").await.unwrap().members.len(), 1);
+    assert_eq!(e.channels_of(1).await, vec!["#x".to_owned()]);
+}
+
+#[tokio::test]
+async fn history_trimming_also_forgets_the_msgids_it_drops() {
+    let server = RedisServer::start().unwrap();
+    let handle = RedisHandle::connect(&settings(&server, "trim"))
+        .await
+        .unwrap();
+    // At most 10 messages, none older than 2 s (by the messages' own times).
+    let e = RedisEngine::new(handle, 10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let key = history_key("a", "#trim");
+    let ids_len = |server: &RedisServer| -> usize {
+        server
+            .cli(&["HLEN", "trim:{h:#trim}:ids"])
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let t0 = 50_000_000u64;
+    for n in 0..25 {
+        e.append_history(&key, item(n, t0 + n)).await;
+    }
+    assert_eq!(ids_len(&server), 10, "msgid index trimmed with the stream");
+    let kept = e
+        .history(&key, HistoryQuery::Latest(None), 100, t0 + 100)
+        .await;
+    assert_eq!(kept.first().map(|i| i.msgid.as_str()), Some("id15"));
+    assert!(e
+        .history(
+            &key,
+            HistoryQuery::After(HistoryRef::MsgId("id3".into())),
+            5,
+            t0 + 100
+        )
+        .await
+        .is_empty());
+    // A message 10 s later pushes everything older than 2 s out.
+    e.append_history(&key, item(99, t0 + 10_000)).await;
+    assert_eq!(ids_len(&server), 1);
+    let kept = e
+        .history(&key, HistoryQuery::Latest(None), 100, t0 + 10_000)
+        .await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].msgid, "id99");
+}
