@@ -4,6 +4,11 @@
 local now = now_ms()
 local expiry = now + tonumber(ARGV[2])
 redis.call('ZADD', B .. 'nodes', expiry, ARGV[1])
+-- Node numbers stay unique even if Redis lost the sequence: it never stays below a live node.
+local seq = B .. 'nodeseq'
+if (tonumber(redis.call('GET', seq)) or 0) < tonumber(ARGV[1]) then
+  redis.call('SET', seq, ARGV[1])
+end
 redis.call('ZREMRANGEBYSCORE', B .. 'nodes', '-inf', now - 3600000)
 local pk = B .. 'presence'
 local unknown = {}

@@ -333,3 +333,35 @@ async fn history_trimming_also_forgets_the_msgids_it_drops() {
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].msgid, "id99");
 }
+
+#[tokio::test]
+async fn node_numbers_stay_unique_when_redis_loses_its_data() {
+    let mut server = RedisServer::start().unwrap();
+    let e = node(&server, "seq").await;
+    let mut last = 0;
+    for _ in 0..3 {
+        last = e.new_node().await.unwrap();
+    }
+    e.heartbeat(last, &[], Duration::from_secs(60))
+        .await
+        .unwrap();
+    server.restart().unwrap(); // no persistence: the sequence is gone
+    let mut restored = false;
+    for _ in 0..100 {
+        // The live node's next heartbeat finds Redis again.
+        if e.heartbeat(last, &[], Duration::from_secs(60))
+            .await
+            .is_ok()
+        {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(restored);
+    let next = e.new_node().await.unwrap();
+    assert!(
+        next > last,
+        "{next} must not reuse a live node's number {last}"
+    );
+}

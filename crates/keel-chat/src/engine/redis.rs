@@ -76,6 +76,7 @@ struct Scripts {
     nodes: LuaScript,
     expired: LuaScript,
     lock: LuaScript,
+    new_node: LuaScript,
     dm_touch: LuaScript,
     history_append: LuaScript,
     history_query: LuaScript,
@@ -120,6 +121,7 @@ impl Scripts {
             nodes: chat_script("chat_nodes", include_str!("../../lua/nodes.lua")),
             expired: chat_script("chat_expired", include_str!("../../lua/expired.lua")),
             lock: chat_script("chat_lock", include_str!("../../lua/lock.lua")),
+            new_node: chat_script("chat_new_node", include_str!("../../lua/new_node.lua")),
             dm_touch: chat_script("chat_dm_touch", include_str!("../../lua/dm_touch.lua")),
             history_append: LuaScript::new(
                 "chat_history_append",
@@ -132,7 +134,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&LuaScript; 27] {
+    fn all(&self) -> [&LuaScript; 28] {
         [
             &self.register,
             &self.rename,
@@ -158,6 +160,7 @@ impl Scripts {
             &self.nodes,
             &self.expired,
             &self.lock,
+            &self.new_node,
             &self.dm_touch,
             &self.history_append,
             &self.history_query,
@@ -1135,9 +1138,8 @@ impl ChatEngine for RedisEngine {
     }
 
     async fn new_node(&self) -> Result<NodeId, EngineError> {
-        let mut cmd = redis::cmd("INCR");
-        cmd.arg(format!("{}nodeseq", self.base));
-        let n: i64 = self.cmd(cmd).await?;
+        let value = self.eval(&self.scripts.new_node, &[]).await?;
+        let n = num::<i64>(&value).ok_or_else(|| malformed("new_node"))?;
         NodeId::try_from(n).map_err(|_| EngineError::Unavailable("node numbers exhausted".into()))
     }
 
