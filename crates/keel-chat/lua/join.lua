@@ -46,4 +46,7 @@ redis.call('HSET', mk, id, flags)
 redis.call('SADD', B .. 'cc:' .. id, fold)
 local n = 0
 if created then n = 1 end
-return {'OK', n, snapshot(fold)}
+-- Member ids only (the JOIN's audience), not their records: a join into a channel of N
+-- members costs N ids, not N client hashes.
+local t = redis.call('HMGET', ck, 'name', 'topic', 'tby', 'tat')
+return {'OK', n, {t[1] or ARGV[3], t[2] or '', t[3] or '', t[4] or '0'}, redis.call('HKEYS', mk)}

@@ -5,6 +5,7 @@
 //! connection ([`conn`]), one shutdown signal ([`keel_core::Shutdown`]).
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engine;
@@ -16,5 +17,5 @@ pub mod ws;
 
 pub use config::{Config, ConfigError, Limits, Operator};
 pub use engine::{ChatEngine, MemoryEngine, RedisEngine};
-pub use server::{ChatServer, ServerError};
+pub use server::{ChatServer, RedisRelay, ServerError};
 pub use session::{hash_password, verify_password};

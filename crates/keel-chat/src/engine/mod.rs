@@ -165,10 +165,17 @@ pub struct ModeChange {
     pub arg: Option<String>,
 }
 
-/// The result of a JOIN.
+/// The result of a JOIN: what the joiner is told and who hears of it. Member ids only, not
+/// their records, so that a join costs O(members) ids rather than O(members) records; NAMES
+/// reads the records with [`ChatEngine::channel`] when the client wants them.
 #[derive(Debug, Clone)]
 pub struct Joined {
-    pub channel: ChannelInfo,
+    /// The channel's name as created.
+    pub name: String,
+    pub topic: Option<Topic>,
+    /// Every member after the join, the joiner included.
+    pub members: Vec<ClientId>,
+    /// The joiner created the channel (and is its first op).
     pub created: bool,
 }
 

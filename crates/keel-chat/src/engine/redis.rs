@@ -758,19 +758,33 @@ impl ChatEngine for RedisEngine {
             max_channels.to_string(),
             self.max_channel_members.to_string(),
         ];
-        let mut rest = self.eval_status(&self.scripts.join, &args).await?;
-        if rest.len() != 2 {
-            return Err(malformed("join"));
-        }
-        let info = rest.pop().and_then(channel_info);
-        let created = num::<u8>(&rest[0]);
-        match (info, created) {
-            (Some(channel), Some(created)) => Ok(Joined {
-                channel,
-                created: created == 1,
-            }),
-            _ => Err(malformed("join")),
-        }
+        let rest = self.eval_status(&self.scripts.join, &args).await?;
+        let [created, header, members]: [Value; 3] =
+            rest.try_into().map_err(|_| malformed("join"))?;
+        let joined = (|| {
+            let header = items(header)?;
+            if header.len() != 4 {
+                return None;
+            }
+            let topic_text = text(&header[1])?;
+            let topic = (!topic_text.is_empty()).then(|| Topic {
+                text: topic_text,
+                setter: text(&header[2]).unwrap_or_default(),
+                time: num(&header[3]).unwrap_or(0),
+            });
+            let mut members = items(members)?
+                .iter()
+                .map(num::<ClientId>)
+                .collect::<Option<Vec<_>>>()?;
+            members.sort_unstable();
+            Some(Joined {
+                name: text(&header[0])?,
+                topic,
+                members,
+                created: num::<u8>(&created)? == 1,
+            })
+        })();
+        joined.ok_or_else(|| malformed("join"))
     }
 
     async fn part(&self, channel: &str, id: ClientId) -> Result<Vec<ClientId>, EngineError> {
