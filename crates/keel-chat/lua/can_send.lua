@@ -15,4 +15,4 @@ if not (has_flag(p, 'o') or has_flag(p, 'v')) then
     return {'CannotSend'}
   end
 end
-return {'OK', members(fold)}
+return {'OK', member_list(fold)}

@@ -23,6 +23,34 @@ local function client(id)
   return f
 end
 
+-- Replies carry a record as one string (see `pack`) and id lists as one comma-separated
+-- string: one reply object instead of one per field or id.
+local function opt_out(v)
+  if v then return '1' .. v end
+  return '0'
+end
+
+-- A record packed as its fields joined by newlines (which no IRC parameter contains), the
+-- optional account and away as '0' or '1' .. value.
+local function pack(c)
+  return table.concat({c[1], c[2] or '', c[3] or '', c[4] or '', c[5] or '', opt_out(c[6]),
+    opt_out(c[7]), c[8] or '0', c[9] or '0', c[10] or '0'}, '\n')
+end
+
+-- `rec` keeps every client's packed record (id -> pack), written by each script that changes
+-- a record, so a channel snapshot reads its members' records with one HMGET per 500 members.
+local function save_record(id)
+  local c = client(id)
+  if c then
+    redis.call('HSET', B .. 'rec', id, pack(c))
+  end
+  return c
+end
+
+local function id_list(ids)
+  return table.concat(ids, ',')
+end
+
 local function mask(c)
   return c[2] .. '!' .. c[3] .. '@' .. c[4]
 end
@@ -79,6 +107,10 @@ local function members(fold)
   return redis.call('HKEYS', B .. 'chm:' .. fold)
 end
 
+local function member_list(fold)
+  return id_list(members(fold))
+end
+
 local function drop_channel_if_empty(fold)
   if redis.call('HLEN', B .. 'chm:' .. fold) == 0 then
     redis.call('DEL', B .. 'ch:' .. fold, B .. 'chm:' .. fold, B .. 'chb:' .. fold,
@@ -94,7 +126,7 @@ local function remove_member(fold, id)
 end
 
 -- {name, created, topic, topic setter, topic time, n, t, i, key, limit, bans, members}, where
--- members are {flags, client record} pairs; nil when the channel does not exist.
+-- members are strings `flags \n packed record`; nil when the channel does not exist.
 local function snapshot(fold)
   local h = redis.call('HMGET', B .. 'ch:' .. fold,
     'name', 'created', 'topic', 'tby', 'tat', 'n', 't', 'i', 'k', 'l')
@@ -102,10 +134,19 @@ local function snapshot(fold)
   local bans = redis.call('LRANGE', B .. 'chb:' .. fold, 0, MAXBANS - 1)
   local mem = {}
   local flat = redis.call('HGETALL', B .. 'chm:' .. fold)
-  for i = 1, #flat, 2 do
-    local c = client(flat[i])
-    if c then
-      mem[#mem + 1] = {flat[i + 1], c}
+  local i = 1
+  while i <= #flat do
+    local batch, flags = {}, {}
+    while i <= #flat and #batch < 500 do
+      batch[#batch + 1] = flat[i]
+      flags[#flags + 1] = flat[i + 1]
+      i = i + 2
+    end
+    local recs = redis.call('HMGET', B .. 'rec', unpack(batch))
+    for k = 1, #batch do
+      if recs[k] then
+        mem[#mem + 1] = flags[k] .. '\n' .. recs[k]
+      end
     end
   end
   h[11] = bans

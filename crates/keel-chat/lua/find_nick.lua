@@ -3,4 +3,4 @@ local id = redis.call('HGET', B .. 'nicks', ARGV[1])
 if not id then return {} end
 local c = client(id)
 if not c then return {} end
-return {c}
+return {pack(c)}

@@ -24,4 +24,4 @@ local flat = redis.call('HGETALL', mk)
 for i = 1, #flat, 2 do
   if has_flag(flat[i + 1], 'o') then ops[#ops + 1] = flat[i] end
 end
-return {'OK', ops}
+return {'OK', id_list(ops)}

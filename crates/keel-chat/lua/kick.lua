@@ -14,6 +14,6 @@ end
 if redis.call('HEXISTS', mk, target) == 0 then
   return {'UserNotInChannel'}
 end
-local mem = members(fold)
+local mem = member_list(fold)
 remove_member(fold, target)
 return {'OK', mem}

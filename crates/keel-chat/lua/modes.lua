@@ -89,4 +89,4 @@ for i = 3, #ARGV - 2, 3 do
     applied[#applied + 1] = (i - 3) / 3
   end
 end
-return {'OK', applied, members(fold)}
+return {'OK', applied, member_list(fold)}

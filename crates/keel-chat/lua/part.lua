@@ -6,6 +6,6 @@ end
 if redis.call('HEXISTS', B .. 'chm:' .. fold, id) == 0 then
   return {'NotOnChannel'}
 end
-local mem = members(fold)
+local mem = member_list(fold)
 remove_member(fold, id)
 return {'OK', mem}

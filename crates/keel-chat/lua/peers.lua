@@ -9,4 +9,4 @@ for _, ch in ipairs(redis.call('SMEMBERS', B .. 'cc:' .. id)) do
     end
   end
 end
-return out
+return id_list(out)

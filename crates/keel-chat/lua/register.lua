@@ -14,5 +14,6 @@ if account then redis.call('HSET', key, 'account', account) end
 if away then redis.call('HSET', key, 'away', away) end
 if ARGV[10] == '1' then redis.call('SADD', B .. 'invis', id) end
 if ARGV[11] == '1' then redis.call('SADD', B .. 'opers', id) end
+save_record(id)
 redis.call('ZADD', B .. 'presence', now_ms() + tonumber(ARGV[3]), id)
 return {'OK'}

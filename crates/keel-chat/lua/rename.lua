@@ -15,4 +15,5 @@ if redis.call('HGET', B .. 'nicks', old) == id then
 end
 redis.call('HSET', B .. 'nicks', fold, id)
 redis.call('HSET', B .. 'c:' .. id, 'nick', ARGV[3])
-return {'OK', c}
+save_record(id)
+return {'OK', pack(c)}

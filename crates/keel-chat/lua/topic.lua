@@ -22,4 +22,4 @@ if text == '' then
 else
   redis.call('HSET', ck, 'topic', text, 'tby', setter, 'tat', now)
 end
-return {'OK', setter, now, members(fold)}
+return {'OK', setter, now, member_list(fold)}

@@ -9,6 +9,7 @@ if not c then
   return {'None'}
 end
 redis.call('DEL', B .. 'c:' .. id)
+redis.call('HDEL', B .. 'rec', id)
 redis.call('ZREM', B .. 'presence', id)
 redis.call('SREM', B .. 'invis', id)
 redis.call('SREM', B .. 'opers', id)
@@ -36,4 +37,4 @@ local ww = B .. 'ww:' .. fold
 redis.call('LPUSH', ww, c[2] .. '\n' .. c[3] .. '\n' .. c[4] .. '\n' .. now_s() .. '\n' .. c[5])
 redis.call('LTRIM', ww, 0, tonumber(ARGV[2]) - 1)
 redis.call('EXPIRE', ww, ARGV[3])
-return {'OK', c, peers}
+return {'OK', pack(c), id_list(peers)}

@@ -24,4 +24,4 @@ elseif what == 'inv' or what == 'oper' then
     redis.call('SREM', set, id)
   end
 end
-return {'OK', client(id)}
+return {'OK', pack(save_record(id))}

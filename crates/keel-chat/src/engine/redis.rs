@@ -76,6 +76,7 @@ struct Scripts {
     nodes: LuaScript,
     expired: LuaScript,
     lock: LuaScript,
+    new_node: LuaScript,
     dm_touch: LuaScript,
     history_append: LuaScript,
     history_query: LuaScript,
@@ -120,6 +121,7 @@ impl Scripts {
             nodes: chat_script("chat_nodes", include_str!("../../lua/nodes.lua")),
             expired: chat_script("chat_expired", include_str!("../../lua/expired.lua")),
             lock: chat_script("chat_lock", include_str!("../../lua/lock.lua")),
+            new_node: chat_script("chat_new_node", include_str!("../../lua/new_node.lua")),
             dm_touch: chat_script("chat_dm_touch", include_str!("../../lua/dm_touch.lua")),
             history_append: LuaScript::new(
                 "chat_history_append",
@@ -132,7 +134,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&LuaScript; 27] {
+    fn all(&self) -> [&LuaScript; 28] {
         [
             &self.register,
             &self.rename,
@@ -158,6 +160,7 @@ impl Scripts {
             &self.nodes,
             &self.expired,
             &self.lock,
+            &self.new_node,
             &self.dm_touch,
             &self.history_append,
             &self.history_query,
@@ -371,12 +374,38 @@ fn num<T: std::str::FromStr>(v: &Value) -> Option<T> {
     text(v)?.parse().ok()
 }
 
+/// The string of a bulk reply without copying it.
+fn str_of(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// An array of ids.
 fn ids(v: Value) -> Option<Vec<ClientId>> {
     items(v)?.iter().map(num::<ClientId>).collect()
 }
 
+/// An array of ids, sorted.
+fn sorted_id_array(v: Value) -> Option<Vec<ClientId>> {
+    let mut ids = ids(v)?;
+    ids.sort_unstable();
+    Some(ids)
+}
+
+/// A comma-separated id list (`id_list` in `lua/common.lua`), sorted.
 fn sorted_ids(v: Value) -> Result<Vec<ClientId>, EngineError> {
-    let mut ids = ids(v).ok_or_else(|| malformed("ids"))?;
+    let list = str_of(&v).ok_or_else(|| malformed("id list"))?;
+    let mut ids = if list.is_empty() {
+        Vec::new()
+    } else {
+        list.split(',')
+            .map(|id| id.parse::<ClientId>().ok())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| malformed("id list"))?
+    };
     ids.sort_unstable();
     Ok(ids)
 }
@@ -415,8 +444,38 @@ fn status(v: Value) -> Result<Vec<Value>, EngineError> {
     }
 }
 
-/// `{id, nick, user, host, realname, account, away, inv, oper, signon}`.
+/// An optional field: `0`, or `1` then the value.
+fn opt_field(f: &str) -> Option<Option<String>> {
+    match f.as_bytes().first() {
+        Some(b'0') => Some(None),
+        Some(b'1') => Some(Some(f[1..].to_owned())),
+        _ => None,
+    }
+}
+
+/// A record packed by `pack` in `lua/common.lua`: fields joined by newlines.
+fn unpack_client<'a>(mut f: impl Iterator<Item = &'a str>) -> Option<ClientInfo> {
+    let info = ClientInfo {
+        id: f.next()?.parse().ok()?,
+        nick: f.next()?.to_owned(),
+        user: f.next()?.to_owned(),
+        host: f.next()?.to_owned(),
+        realname: f.next()?.to_owned(),
+        account: opt_field(f.next()?)?,
+        away: opt_field(f.next()?)?,
+        invisible: f.next()? == "1",
+        oper: f.next()? == "1",
+        signon: f.next()?.parse().unwrap_or(0),
+    };
+    f.next().is_none().then_some(info)
+}
+
 fn client_info(v: Value) -> Option<ClientInfo> {
+    unpack_client(str_of(&v)?.split('\n'))
+}
+
+/// `HMGET` of `{id, nick, user, host, realname, account, away, inv, oper, signon}`.
+fn client_fields(v: Value) -> Option<ClientInfo> {
     let f = items(v)?;
     if f.len() != 10 {
         return None;
@@ -476,13 +535,10 @@ fn channel_info(v: Value) -> Option<ChannelInfo> {
         bans: ban_values.iter().map(ban).collect::<Option<_>>()?,
     };
     let mut members = Vec::with_capacity(member_values.len());
-    for m in member_values {
-        let mut pair = items(m)?;
-        if pair.len() != 2 {
-            return None;
-        }
-        let client = client_info(pair.pop()?)?;
-        let flags = text(&pair[0])?;
+    for m in &member_values {
+        let mut fields = str_of(m)?.split('\n');
+        let flags = fields.next()?;
+        let client = unpack_client(fields)?;
         members.push(Member {
             client,
             op: flags.contains('o'),
@@ -595,8 +651,7 @@ impl ChatEngine for RedisEngine {
         if all.len() != 3 || text(&all[0]).as_deref() != Some("OK") {
             return None;
         }
-        let mut peers = ids(all.pop()?)?;
-        peers.sort_unstable();
+        let peers = sorted_ids(all.pop()?).ok()?;
         let client = client_info(all.pop()?)?;
         Some(Departed { client, peers })
     }
@@ -607,7 +662,7 @@ impl ChatEngine for RedisEngine {
             "id", "nick", "user", "host", "realname", "account", "away", "inv", "oper", "signon",
         ]);
         let value: Value = self.cmd(cmd).await.ok()?;
-        client_info(value)
+        client_fields(value)
     }
 
     async fn find_nick(&self, nick: &str) -> Option<ClientInfo> {
@@ -936,7 +991,7 @@ impl ChatEngine for RedisEngine {
         let mut cmd = redis::cmd("SMEMBERS");
         cmd.arg(format!("{}watch:{}", self.base, casefold(nick)));
         match self.cmd::<Value>(cmd).await {
-            Ok(v) => sorted_ids(v).unwrap_or_default(),
+            Ok(v) => sorted_id_array(v).unwrap_or_default(),
             Err(_) => Vec::new(),
         }
     }
@@ -1097,9 +1152,8 @@ impl ChatEngine for RedisEngine {
     }
 
     async fn new_node(&self) -> Result<NodeId, EngineError> {
-        let mut cmd = redis::cmd("INCR");
-        cmd.arg(format!("{}nodeseq", self.base));
-        let n: i64 = self.cmd(cmd).await?;
+        let value = self.eval(&self.scripts.new_node, &[]).await?;
+        let n = num::<i64>(&value).ok_or_else(|| malformed("new_node"))?;
         NodeId::try_from(n).map_err(|_| EngineError::Unavailable("node numbers exhausted".into()))
     }
 
@@ -1146,7 +1200,7 @@ impl ChatEngine for RedisEngine {
         }
         let args = [limit.to_string(), EXPIRED_SCAN.max(limit).to_string()];
         match self.eval(&self.scripts.expired, &args).await {
-            Ok(v) => sorted_ids(v).unwrap_or_default(),
+            Ok(v) => sorted_id_array(v).unwrap_or_default(),
             Err(_) => Vec::new(),
         }
     }
@@ -1195,7 +1249,7 @@ mod tests {
 
     #[test]
     fn client_records_parse_defensively() {
-        let good = Value::Array(vec![
+        let fields = Value::Array(vec![
             bulk("7"),
             bulk("Nick"),
             bulk("~u"),
@@ -1207,13 +1261,20 @@ mod tests {
             bulk("0"),
             bulk("12"),
         ]);
-        let c = client_info(good).unwrap();
+        let c = client_fields(fields).unwrap();
         assert_eq!(
-            (c.id, c.account, c.away.as_deref()),
+            (c.id, c.account.as_deref(), c.away.as_deref()),
             (7, None, Some("away"))
         );
         assert!(c.invisible && !c.oper);
-        assert!(client_info(Value::Array(vec![bulk("x")])).is_none());
+        let packed = client_info(bulk("7\nNick\n~u\nh\nReal\n0\n1away\n1\n0\n12")).unwrap();
+        assert_eq!(packed, c, "packed and field replies agree");
+        assert!(client_info(bulk("7\nNick\n~u\nh\nReal\n0\n1away\n1\n0\n12\nextra")).is_none());
+        assert!(client_info(bulk("x\nNick")).is_none());
+        assert!(client_fields(Value::Array(vec![bulk("x")])).is_none());
         assert!(client_info(Value::Int(1)).is_none());
+        assert_eq!(sorted_ids(bulk("3,1,2")).unwrap(), vec![1, 2, 3]);
+        assert!(sorted_ids(bulk("")).unwrap().is_empty());
+        assert!(sorted_ids(bulk("1,,2")).is_err());
     }
 }
