@@ -249,6 +249,21 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
                 continue;
             }
         }
+        // Departures the store missed while it was away.
+        let pending = shared.take_pending_departures();
+        for (i, (id, reason)) in pending.iter().enumerate() {
+            shared.engine.monitor_clear(*id).await;
+            match shared.engine.unregister(*id).await {
+                Some(d) => announce_departure(&shared, &d, reason).await,
+                None if !shared.engine.available() => {
+                    for (id, reason) in &pending[i..] {
+                        shared.defer_departure(*id, reason);
+                    }
+                    break;
+                }
+                None => {}
+            }
+        }
         if shared.engine.lock("reaper", node, full_every * 2).await {
             for id in shared.engine.expired_clients(REAP_BATCH).await {
                 if let Some(d) = shared.engine.unregister(id).await {

@@ -1977,8 +1977,14 @@ impl<E: ChatEngine> Session<E> {
         }
         self.handle.set_registered(false);
         self.shared.engine.monitor_clear(self.id).await;
-        if let Some(d) = self.shared.engine.unregister(self.id).await {
-            crate::cluster::announce_departure(&self.shared, &d, reason).await;
+        match self.shared.engine.unregister(self.id).await {
+            Some(d) => crate::cluster::announce_departure(&self.shared, &d, reason).await,
+            // The store did not answer: the record stays until it does (the liveness task
+            // retries), so the nick is not held forever by a client that is gone.
+            None if !self.shared.engine.available() => {
+                self.shared.defer_departure(self.id, reason);
+            }
+            None => {}
         }
         self.registered = false;
     }

@@ -34,6 +34,9 @@ fn rate_limit(name: &str, rate: f64, burst: u32) -> Option<Limit> {
     Some(Limit::new(name.to_owned(), spec))
 }
 
+/// Departures remembered while the store is unreachable, at most.
+pub const MAX_PENDING_DEPARTURES: usize = 100_000;
+
 /// The node: configuration, engine, local connections.
 pub struct Shared<E> {
     pub config: Config,
@@ -49,6 +52,9 @@ pub struct Shared<E> {
     /// The relay's subscription is up (always true without a relay).
     relay_ok: AtomicBool,
     degraded: AtomicBool,
+    /// Clients that left while the store was unreachable: their QUIT is announced, and their
+    /// record removed, once it answers again (bounded; see [`Shared::defer_departure`]).
+    pending_departures: parking_lot::Mutex<Vec<(ClientId, String)>>,
     pub unregistered: AtomicUsize,
     limiter: Limiter,
     accept_global: Option<Limit>,
@@ -77,6 +83,7 @@ impl<E: ChatEngine> Shared<E> {
             store_ok: AtomicBool::new(true),
             relay_ok: AtomicBool::new(true),
             degraded: AtomicBool::new(false),
+            pending_departures: parking_lot::Mutex::new(Vec::new()),
             unregistered: AtomicUsize::new(0),
             limiter: Limiter::memory(),
             accept_global,
@@ -91,6 +98,21 @@ impl<E: ChatEngine> Shared<E> {
             seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         }
         client_id(self.node, seq)
+    }
+
+    /// Remembers a departure the store could not record; the liveness task retries it. Past
+    /// `MAX_PENDING_DEPARTURES` the oldest are left to the presence TTL of this node's restart.
+    pub(crate) fn defer_departure(&self, id: ClientId, reason: &str) {
+        let mut pending = self.pending_departures.lock();
+        if pending.len() >= MAX_PENDING_DEPARTURES {
+            pending.remove(0);
+            metrics::counter!("keel_chat_departures_dropped_total").increment(1);
+        }
+        pending.push((id, reason.to_owned()));
+    }
+
+    pub(crate) fn take_pending_departures(&self) -> Vec<(ClientId, String)> {
+        std::mem::take(&mut *self.pending_departures.lock())
     }
 
     /// True while the store or the relay is unreachable: commands needing the network are

@@ -253,6 +253,9 @@ async fn nodes_survive_a_redis_restart_without_restarting() {
     alice.expect(|l| l.contains(" 366 ")).await;
     bob.send("JOIN #x").await;
     bob.expect(|l| l.contains(" 366 ")).await;
+    let mut carol = Irc::connect(&b, "carol", &[]).await;
+    carol.send("JOIN #x").await;
+    carol.expect(|l| l.contains(" 366 ")).await;
 
     redis.stop();
     alice
@@ -261,6 +264,10 @@ async fn nodes_survive_a_redis_restart_without_restarting() {
     alice.send("PRIVMSG #x :while down").await;
     let fail = alice.expect(|l| l.contains("FAIL")).await;
     assert!(fail.contains("TEMPORARILY_UNAVAILABLE"), "{fail}");
+
+    // carol leaves while Redis is away: her QUIT is announced once it is back.
+    carol.send("QUIT :gone during the outage").await;
+    drop(carol);
 
     redis.start_again().unwrap();
     alice
@@ -295,6 +302,11 @@ async fn nodes_survive_a_redis_restart_without_restarting() {
     }
     let got = bob.expect(|l| l.contains("PRIVMSG #x")).await;
     assert!(got.ends_with("after the restart"), "{got}");
+    let quit = alice
+        .expect(|l| l.starts_with(":carol!") && l.contains(" QUIT "))
+        .await;
+    assert!(quit.contains("gone during the outage"), "{quit}");
+    let _carol_again = Irc::connect(&a, "carol", &[]).await; // the nick is free again
 }
 
 #[tokio::test]
