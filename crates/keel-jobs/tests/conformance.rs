@@ -291,6 +291,54 @@ async fn cancel_queued_running_and_finished(e: Arc<dyn Engine>) {
     assert_eq!(e.retry(&d).await.unwrap(), Some(JobState::Queued));
 }
 
+async fn cancel_then_replay_of_a_queued_job_runs_it_once(e: Arc<dyn Engine>) {
+    let ids = e
+        .enqueue(vec![spec("cr"), spec("cr"), spec("cr")])
+        .await
+        .unwrap();
+    assert_eq!(
+        e.cancel(&ids[0].id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert_eq!(
+        e.cancel(&ids[2].id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert_eq!(e.retry(&ids[0].id).await.unwrap(), Some(JobState::Queued));
+    let fetched = e.fetch("cr", "w", 10, LEASE).await.unwrap();
+    let mut got: Vec<_> = fetched.iter().map(|j| j.id.clone()).collect();
+    got.sort();
+    let mut want = vec![ids[0].id.clone(), ids[1].id.clone()];
+    want.sort();
+    assert_eq!(got, want, "the replayed job once, the cancelled one never");
+    assert!(fetched.iter().all(|j| j.attempts == 1));
+    assert!(e.fetch("cr", "w", 10, LEASE).await.unwrap().is_empty());
+    let acks: Vec<_> = fetched.iter().map(ok).collect();
+    assert_eq!(e.complete("cr", &acks).await.unwrap(), 2);
+    // Later jobs flow as usual, with their stored fields intact.
+    let later = e.enqueue(vec![spec("cr")]).await.unwrap().remove(0).id;
+    let queued = e.get(&later).await.unwrap().unwrap();
+    assert_eq!(queued.state, JobState::Queued);
+    assert_eq!(queued.enqueued_at, Some(queued.created_at));
+    assert_eq!(queued.run_at, Some(queued.created_at));
+    let job = e.fetch("cr", "w", 10, LEASE).await.unwrap().remove(0);
+    assert_eq!((job.id.as_str(), job.attempts), (later.as_str(), 1));
+    assert_eq!(job.enqueued_at, Some(queued.created_at));
+    let running = e.get(&later).await.unwrap().unwrap();
+    assert_eq!(running.state, JobState::Running);
+    assert_eq!(running.worker.as_deref(), Some("w"));
+    let listed = e
+        .list(&ListFilter {
+            queue: Some("cr".into()),
+            state: Some(JobState::Running),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, later);
+}
+
 async fn unique_keys(e: Arc<dyn Engine>) {
     let mut s = spec("u");
     s.unique_key = Some("report-42".into());
@@ -499,6 +547,7 @@ conformance!(
     expired_leases_are_reaped,
     heartbeats_renew_leases,
     cancel_queued_running_and_finished,
+    cancel_then_replay_of_a_queued_job_runs_it_once,
     unique_keys,
     release_hands_back_without_counting,
     big_batches_lose_nothing,
