@@ -91,15 +91,16 @@ if failed > 0 then redis.call('HINCRBY', base .. 'stats', 'failed', failed) end
 if dead > 0 then redis.call('HINCRBY', base .. 'stats', 'dead', dead) end
 
 -- Forget succeeded jobs past their retention: a bounded step, a little more than was added.
-local want = math.min(#kept + 16, 1000)
-local head = redis.call('LRANGE', base .. 'done', 0, want - 1)
-local gone = {}
+-- The list is time ordered: look at its head first, and read more only when that is due.
 local nowstamp = string.format('%013d', now)
-for _, e in ipairs(head) do
-  if string.sub(e, 1, 13) > nowstamp then break end
-  gone[#gone + 1] = jobp .. string.sub(e, 14)
-end
-if #gone > 0 then
+local first = redis.call('LINDEX', base .. 'done', 0)
+if first and string.sub(first, 1, 13) <= nowstamp then
+  local head = redis.call('LRANGE', base .. 'done', 0, math.min(#kept + 16, 1000) - 1)
+  local gone = {}
+  for _, e in ipairs(head) do
+    if string.sub(e, 1, 13) > nowstamp then break end
+    gone[#gone + 1] = jobp .. string.sub(e, 14)
+  end
   redis.call('UNLINK', unpack(gone))
   redis.call('LTRIM', base .. 'done', #gone, -1)
 end

@@ -37,14 +37,15 @@ end
 local old = redis.call('ZRANGEBYSCORE', base .. 'dead', '-inf', now - dead_retention, 'LIMIT', 0, limit)
 if #old > 0 then redis.call('ZREM', base .. 'dead', unpack(old)) end
 -- Succeeded jobs past their retention (see complete.lua): "expiry(13 digits)..id", time ordered.
-local head = redis.call('LRANGE', base .. 'done', 0, limit - 1)
-local gone = {}
 local nowstamp = string.format('%013d', now)
-for _, e in ipairs(head) do
-  if string.sub(e, 1, 13) > nowstamp then break end
-  gone[#gone + 1] = base .. 'job:' .. string.sub(e, 14)
-end
-if #gone > 0 then
+local first = redis.call('LINDEX', base .. 'done', 0)
+if first and string.sub(first, 1, 13) <= nowstamp then
+  local head = redis.call('LRANGE', base .. 'done', 0, limit - 1)
+  local gone = {}
+  for _, e in ipairs(head) do
+    if string.sub(e, 1, 13) > nowstamp then break end
+    gone[#gone + 1] = base .. 'job:' .. string.sub(e, 14)
+  end
   redis.call('UNLINK', unpack(gone))
   redis.call('LTRIM', base .. 'done', #gone, -1)
 end

@@ -397,6 +397,20 @@ async fn finished_jobs_expire(e: Arc<dyn Engine>) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     e.reap("x", 100).await.unwrap();
     assert!(e.get(&id).await.unwrap().is_none(), "gone after retention");
+    // Without a reaper, later acks forget expired jobs as well.
+    let id = e.enqueue(vec![spec("x")]).await.unwrap().remove(0).id;
+    let job = e.fetch("x", "w", 1, LEASE).await.unwrap().remove(0);
+    e.complete("x", &[ok(&job)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = e.enqueue(vec![spec("x")]).await.unwrap().remove(0).id;
+    let job = e.fetch("x", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(e.complete("x", &[ok(&job)]).await.unwrap(), 1);
+    assert!(e.get(&id).await.unwrap().is_none(), "gone after retention");
+    assert_eq!(
+        e.get(&later).await.unwrap().unwrap().state,
+        JobState::Succeeded,
+        "kept within retention"
+    );
 }
 
 async fn concurrency_limit(e: Arc<dyn Engine>) {
