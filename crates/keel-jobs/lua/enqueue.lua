@@ -47,20 +47,34 @@ for j = 1, n do
       end
       redis.call('ZADD', base .. 'scheduled', at, id)
     else
-      -- A job ready at once stores no 'att' (0), 'ra' or 'ea' (both = 'ca'), and no 'uk'
-      -- without a unique key: fewer fields, a cheaper hash.
-      if uk == '' then
+      -- A job ready at once stores no 'att' (0), no 'ra' and 'ea' when both equal 'ca' (unless
+      -- it names a past run_at), and no 'uk' without a unique key: fewer fields, a cheaper hash.
+      if uk == '' and at == now then
         redis.call('HSET', key, 'spec', spec, 'p', p, 'max', max, 'st', 'queued', 'ca', now)
       else
-        redis.call('HSET', key, 'spec', spec, 'p', p, 'max', max, 'uk', uk, 'st', 'queued',
-          'ca', now)
+        local fields = { 'spec', spec, 'p', p, 'max', max, 'st', 'queued', 'ca', now }
+        if uk ~= '' then
+          fields[#fields + 1] = 'uk'
+          fields[#fields + 1] = uk
+        end
+        if at ~= now then
+          fields[#fields + 1] = 'ra'
+          fields[#fields + 1] = at
+          fields[#fields + 1] = 'ea'
+          fields[#fields + 1] = now
+        end
+        redis.call('HSET', key, unpack(fields))
       end
       local list = ready[p]
       if not list then
         list = {}
         ready[p] = list
       end
-      list[#list + 1] = id .. mid .. spec
+      if at == now then
+        list[#list + 1] = id .. mid .. spec
+      else
+        list[#list + 1] = id .. '|0|' .. now .. '|' .. now .. '|' .. at .. '|' .. spec
+      end
     end
     added = added + 1
   end

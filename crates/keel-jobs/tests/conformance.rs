@@ -321,8 +321,18 @@ async fn cancel_then_replay_of_a_queued_job_runs_it_once(e: Arc<dyn Engine>) {
     assert_eq!(queued.state, JobState::Queued);
     assert_eq!(queued.enqueued_at, Some(queued.created_at));
     assert_eq!(queued.run_at, Some(queued.created_at));
-    let job = e.fetch("cr", "w", 10, LEASE).await.unwrap().remove(0);
+    // A run_at in the past runs at once and keeps the run_at it was given.
+    let mut past = spec("cr");
+    past.run_at = Some(queued.created_at - 5000);
+    let past = e.enqueue(vec![past]).await.unwrap().remove(0).id;
+    let stored = e.get(&past).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Queued);
+    assert_eq!(stored.run_at, Some(queued.created_at - 5000));
+    let job = e.fetch("cr", "w", 1, LEASE).await.unwrap().remove(0);
     assert_eq!((job.id.as_str(), job.attempts), (later.as_str(), 1));
+    let past_job = e.fetch("cr", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(past_job.id, past);
+    assert_eq!(past_job.run_at, Some(queued.created_at - 5000));
     assert_eq!(job.enqueued_at, Some(queued.created_at));
     let running = e.get(&later).await.unwrap().unwrap();
     assert_eq!(running.state, JobState::Running);
@@ -335,8 +345,11 @@ async fn cancel_then_replay_of_a_queued_job_runs_it_once(e: Arc<dyn Engine>) {
         })
         .await
         .unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, later);
+    let mut listed: Vec<_> = listed.into_iter().map(|j| j.id).collect();
+    listed.sort();
+    let mut want = vec![later, past];
+    want.sort();
+    assert_eq!(listed, want);
 }
 
 async fn unique_keys(e: Arc<dyn Engine>) {
