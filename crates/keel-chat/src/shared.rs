@@ -1,14 +1,14 @@
 //! State of one chat node that every connection task shares.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
 
 use crate::client::Hub;
 use crate::config::Config;
-use crate::engine::{ChatEngine, ClientId};
+use crate::engine::{client_id, ChatEngine, ClientId, NodeId};
 use crate::util::MsgIds;
 
 pub const VERSION: &str = concat!("keel-", env!("CARGO_PKG_VERSION"));
@@ -41,7 +41,14 @@ pub struct Shared<E> {
     pub hub: Hub,
     pub msgids: MsgIds,
     pub created: String,
-    next_id: AtomicU64,
+    /// This node's number: the high half of every client id it hands out.
+    pub node: NodeId,
+    next_seq: AtomicU32,
+    /// The store answered the last heartbeat.
+    store_ok: AtomicBool,
+    /// The relay's subscription is up (always true without a relay).
+    relay_ok: AtomicBool,
+    degraded: AtomicBool,
     pub unregistered: AtomicUsize,
     limiter: Limiter,
     accept_global: Option<Limit>,
@@ -50,7 +57,7 @@ pub struct Shared<E> {
 }
 
 impl<E: ChatEngine> Shared<E> {
-    pub fn new(config: Config, engine: E) -> Self {
+    pub fn new(config: Config, engine: E, node: NodeId) -> Self {
         let l = &config.limits;
         let accept_global = rate_limit("chat_accept", l.accepts_per_sec, l.accept_burst);
         let accept_ip = rate_limit(
@@ -65,7 +72,11 @@ impl<E: ChatEngine> Shared<E> {
             hub: Hub::default(),
             msgids: MsgIds::default(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            next_id: AtomicU64::new(1),
+            node,
+            next_seq: AtomicU32::new(1),
+            store_ok: AtomicBool::new(true),
+            relay_ok: AtomicBool::new(true),
+            degraded: AtomicBool::new(false),
             unregistered: AtomicUsize::new(0),
             limiter: Limiter::memory(),
             accept_global,
@@ -75,7 +86,50 @@ impl<E: ChatEngine> Shared<E> {
     }
 
     pub fn next_id(&self) -> ClientId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if seq == 0 {
+            seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        }
+        client_id(self.node, seq)
+    }
+
+    /// True while the store or the relay is unreachable: commands needing the network are
+    /// refused and local clients have been told.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_store_ok(&self, ok: bool) {
+        self.store_ok.store(ok, Ordering::Relaxed);
+        self.update_degraded();
+    }
+
+    pub(crate) fn set_relay_ok(&self, ok: bool) {
+        self.relay_ok.store(ok, Ordering::Relaxed);
+        self.update_degraded();
+    }
+
+    fn update_degraded(&self) {
+        let degraded =
+            !(self.store_ok.load(Ordering::Relaxed) && self.relay_ok.load(Ordering::Relaxed));
+        if self.degraded.swap(degraded, Ordering::Relaxed) == degraded {
+            return;
+        }
+        metrics::gauge!("keel_chat_degraded").set(if degraded { 1.0 } else { 0.0 });
+        let text = if degraded {
+            tracing::warn!("chat network degraded: the store is unreachable");
+            "*** Network degraded: you stay connected here, but channels, history and users on other servers are unavailable until it recovers"
+        } else {
+            tracing::info!("chat network recovered");
+            "*** Network recovered"
+        };
+        let notice = std::sync::Arc::new(
+            keel_irc_proto::Message::new("NOTICE", vec!["*".into(), text.into()])
+                .with_source(self.config.server_name.clone()),
+        );
+        for h in self.hub.all() {
+            h.send(notice.clone());
+        }
     }
 
     /// Admission on accept: `Err(reason, retry hint)` when the connection must be refused.
