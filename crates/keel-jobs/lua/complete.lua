@@ -16,6 +16,7 @@ local done = {}
 local recent = {}
 local kept = {}
 local ok, failed, dead = 0, 0, 0
+local nd, nr = 0, 0 -- (lengths of done and recent; ok is the length of kept)
 local stamp = string.format('%013d', now + retention)
 local function release_unique(uk, id)
   if uk and uk ~= '' then
@@ -47,16 +48,18 @@ for j = 1, k do
   if held[j] then
     local id = ids[j]
     local key = jobp .. id
-    done[#done + 1] = members[j]
+    nd = nd + 1
+    done[nd] = members[j]
     if outs[j] == 'ok' then
       if texts[j] == '' then
         redis.call('HSET', key, 'st', 'succeeded', 'fa', now)
       else
         redis.call('HSET', key, 'st', 'succeeded', 'fa', now, 'res', texts[j])
       end
+      nr = nr + 1
+      recent[nr] = id
       ok = ok + 1
-      recent[#recent + 1] = id
-      kept[#kept + 1] = stamp .. id
+      kept[ok] = stamp .. id
       if uniq then release_unique(redis.call('HGET', key, 'uk'), id) end
     else
       failed = failed + 1
@@ -70,7 +73,8 @@ for j = 1, k do
         redis.call('PEXPIRE', key, dead_retention)
         redis.call('ZADD', base .. 'dead', now, id)
         dead = dead + 1
-        recent[#recent + 1] = id
+        nr = nr + 1
+        recent[nr] = id
         release_unique(f[3], id)
       end
     end

@@ -38,6 +38,7 @@ if max <= 0 then return {} end
 local snow = tostring(now)
 local out = { snow }
 local inflight = {}
+local ni, no = 0, 1 -- (lengths of inflight and out: counters are cheaper than #)
 local expiry = now + lease
 local stale = tonumber(redis.call('GET', base .. 'stale') or '0')
 local dropped = 0
@@ -75,9 +76,11 @@ for _, p in ipairs(prios) do
       if id then
         local run = tonumber(att) + 1
         redis.call('HSET', jobp .. id, 'st', 'running', 'att', run, 'sa', now, 'w', worker)
-        inflight[#inflight + 1] = expiry
-        inflight[#inflight + 1] = id .. '|' .. run
-        out[#out + 1] = e
+        ni = ni + 2
+        inflight[ni - 1] = expiry
+        inflight[ni] = id .. '|' .. run
+        no = no + 1
+        out[no] = e
         max = max - 1
       end
     end
@@ -96,7 +99,7 @@ if dropped > 0 and stale > 0 then
   end
 end
 -- (score, member) pairs, unpacked at most 1000 values at a time.
-for s = 1, #inflight, 1000 do
-  redis.call('ZADD', base .. 'inflight', unpack(inflight, s, math.min(s + 999, #inflight)))
+for s = 1, ni, 1000 do
+  redis.call('ZADD', base .. 'inflight', unpack(inflight, s, math.min(s + 999, ni)))
 end
 return out
