@@ -5,6 +5,7 @@
 //! connection ([`conn`]), one shutdown signal ([`keel_core::Shutdown`]).
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engine;
@@ -15,6 +16,6 @@ pub mod util;
 pub mod ws;
 
 pub use config::{Config, ConfigError, Limits, Operator};
-pub use engine::{ChatEngine, MemoryEngine};
-pub use server::{ChatServer, ServerError};
+pub use engine::{ChatEngine, MemoryEngine, RedisEngine};
+pub use server::{ChatServer, RedisRelay, ServerError};
 pub use session::{hash_password, verify_password};
