@@ -10,8 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use keel_core::{Readiness, Shutdown};
-use rand::Rng;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -126,11 +125,26 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcce
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A refusal with a retry hint; the hint is jittered upwards so refused clients spread out.
-fn refusal(reason: &str, wait: std::time::Duration) -> String {
-    let base = wait.as_secs_f64().max(1.0);
-    let secs = (base * rand::rng().random_range(1.0..1.5)).ceil() as u64;
-    format!("ERROR :Closing Link: {reason}; try again in {secs} seconds\r\n")
+/// Binds a TCP listener the way a storm needs it: `SO_REUSEADDR` (a restarted node rebinds
+/// at once), `SO_REUSEPORT` when asked (several processes share one port and the kernel
+/// spreads connections over them), and an explicit accept `backlog` (the kernel caps it at
+/// `net.core.somaxconn`).
+pub fn bind_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
 }
 
 async fn accept_loop<E: ChatEngine>(
@@ -151,23 +165,38 @@ async fn accept_loop<E: ChatEngine>(
                 }
             },
         };
-        if let Err((reason, wait)) = shared.admit(peer.ip()).await {
-            metrics::counter!("keel_chat_refused_total").increment(1);
-            // Cheap: one non-blocking write, then the socket is dropped.
-            let _ = stream.try_write(refusal(reason, wait).as_bytes());
-            continue;
-        }
+        let ticket = match shared.admit(peer.ip()).await {
+            Ok(t) => t,
+            Err(refusal) => {
+                // Cheap: one non-blocking write, then the socket is dropped.
+                let _ = stream.try_write(refusal.error_line().as_bytes());
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         // Separate tasks for TCP and TLS: an idle plain connection's task is sized for
         // plain TCP only.
-        match tls.clone() {
-            None => {
+        match (tls.clone(), ticket) {
+            (None, None) => {
                 tokio::spawn(serve_tcp(shared, stream, peer, shutdown));
             }
-            Some(acceptor) => {
+            (Some(acceptor), None) => {
                 tokio::spawn(serve_tls(shared, acceptor, stream, peer, shutdown));
+            }
+            // Paced: the task holds only its socket until its slot comes.
+            (tls, Some(ticket)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = ticket.ready() => {}
+                    }
+                    match tls {
+                        None => serve_tcp(shared, stream, peer, shutdown).await,
+                        Some(acceptor) => serve_tls(shared, acceptor, stream, peer, shutdown).await,
+                    }
+                });
             }
         }
     }
@@ -228,18 +257,23 @@ async fn ws_upgrade<E: ChatEngine>(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Err((reason, wait)) = state.shared.admit(peer.ip()).await {
-        metrics::counter!("keel_chat_refused_total").increment(1);
-        let text = refusal(reason, wait);
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                axum::http::header::RETRY_AFTER,
-                format!("{}", wait.as_secs().max(1)),
-            )],
-            text,
-        )
-            .into_response();
+    match state.shared.admit(peer.ip()).await {
+        Ok(None) => {}
+        // Paced: the HTTP request waits for its slot before the upgrade.
+        Ok(Some(ticket)) => ticket.ready().await,
+        Err(refusal) => {
+            let secs = refusal.hint_secs();
+            let text = format!(
+                "ERROR :Closing Link: {}; try again in {secs} seconds\r\n",
+                refusal.reason
+            );
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                text,
+            )
+                .into_response();
+        }
     }
     upgrade
         .protocols(PROTOCOLS)

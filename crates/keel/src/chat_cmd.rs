@@ -50,6 +50,14 @@ pub struct ChatServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Set SO_REUSEPORT on the IRC listener, so several `keel chat serve` processes share
+    /// one port (the kernel spreads connections over them). `--reuse-port false` turns it off.
+    #[arg(long, env = "KEEL_REUSE_PORT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reuse_port: bool,
+    /// Accept backlog of the IRC listener [default: 4096, or the config file's
+    /// `listen_backlog`; the kernel caps it at net.core.somaxconn].
+    #[arg(long, env = "KEEL_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
     /// State engine. Only `memory` (one node) exists yet; `redis` arrives with issue 6.
     #[arg(long, env = "KEEL_ENGINE", value_enum, default_value = "memory")]
     pub engine: Engine,
@@ -76,6 +84,9 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = &args.server_name {
         config.server_name = v.clone();
     }
+    if let Some(v) = args.listen_backlog {
+        config.listen_backlog = v;
+    }
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert.clone();
         config.tls_key = args.tls_key.clone();
@@ -90,8 +101,7 @@ async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let config = build_config(&args)?;
-    let irc = tokio::net::TcpListener::bind(args.irc_listen)
-        .await
+    let irc = keel_chat::bind_listener(args.irc_listen, config.listen_backlog, args.reuse_port)
         .with_context(|| format!("binding IRC listener {}", args.irc_listen))?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await
