@@ -7,9 +7,11 @@
 
 use std::future::Future;
 
+use std::time::Duration;
+
 use super::{
-    history_key, ChatEngine, ClientId, ClientInfo, ClientUpdate, EngineError, HistoryItem,
-    HistoryQuery, HistoryRef, ModeChange,
+    client_id, history_key, ChatEngine, ClientId, ClientInfo, ClientUpdate, EngineError,
+    HistoryItem, HistoryQuery, HistoryRef, ModeChange,
 };
 
 /// History bound the factory must configure (messages per conversation).
@@ -71,6 +73,7 @@ where
     monitor_and_quit(&make().await).await;
     accounts(&make().await).await;
     history(&make().await).await;
+    presence(&make().await).await;
 }
 
 pub async fn nicks<E: ChatEngine>(e: &E) {
@@ -360,4 +363,50 @@ pub async fn history<E: ChatEngine>(e: &E) {
     assert_eq!(history_key("Bob", "alice"), history_key("alice", "bob"));
     let targets = e.history_targets("me", &["#h".into()], base, now, 10).await;
     assert_eq!(targets, vec![("#h".to_owned(), base + 59_000)]);
+}
+
+/// Node numbers, heartbeats, lapsed presence, the cleanup lock.
+pub async fn presence<E: ChatEngine>(e: &E) {
+    assert!(e.available());
+    let n1 = e.new_node().await.unwrap();
+    let n2 = e.new_node().await.unwrap();
+    assert_ne!(n1, n2, "node numbers are never reused");
+    let (a, b) = (client_id(n1, 1), client_id(n2, 1));
+    e.register(client(a, "on1")).await.unwrap();
+    e.register(client(b, "on2")).await.unwrap();
+    e.join("#p", a, None, 10).await.unwrap();
+    e.join("#p", b, None, 10).await.unwrap();
+    let unknown = e
+        .heartbeat(n1, &[a, client_id(n1, 99)], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown,
+        vec![client_id(n1, 99)],
+        "unknown clients are reported"
+    );
+    e.heartbeat(n2, &[b], Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert!(e.nodes().await.contains(&n1));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!e.nodes().await.contains(&n2), "a lapsed node is not alive");
+    assert_eq!(
+        e.expired_clients(10).await,
+        vec![b],
+        "the lapsed node's client, not the live node's"
+    );
+    assert!(e.lock("reaper", n1, Duration::from_secs(10)).await);
+    assert!(
+        !e.lock("reaper", n2, Duration::from_secs(10)).await,
+        "one holder"
+    );
+    assert!(
+        e.lock("reaper", n1, Duration::from_secs(10)).await,
+        "renewal"
+    );
+    let d = e.unregister(b).await.unwrap();
+    assert_eq!(d.peers, vec![a]);
+    assert!(e.unregister(b).await.is_none(), "exactly one QUIT");
+    assert!(e.expired_clients(10).await.is_empty());
 }

@@ -3,17 +3,22 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use keel_irc_proto::casefold;
 use parking_lot::Mutex;
 
 use super::{
     Ban, ChannelInfo, ChannelModes, ChatEngine, ClientId, ClientInfo, ClientUpdate, Counts,
     Departed, EngineError, HistoryItem, HistoryQuery, HistoryRef, Joined, Member, ModeChange,
-    Topic, WhowasEntry,
+    NodeId, Topic, WhowasEntry,
 };
 use crate::util::{glob_match, unix_secs};
 
 const WHOWAS_KEEP: usize = 1024;
+
+/// Presence given on registration until the node's heartbeat refreshes it.
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Prefix {
@@ -43,6 +48,12 @@ struct State {
     watchers: HashMap<String, HashSet<ClientId>>,
     whowas: VecDeque<WhowasEntry>,
     history: HashMap<String, VecDeque<HistoryItem>>,
+    /// Presence expiry of each registered client.
+    presence: HashMap<ClientId, Instant>,
+    /// Heartbeat expiry of each node.
+    nodes: HashMap<NodeId, Instant>,
+    last_node: NodeId,
+    locks: HashMap<String, (NodeId, Instant)>,
 }
 
 /// The single-node engine. History is bounded by count per conversation and by age.
@@ -51,6 +62,7 @@ pub struct MemoryEngine {
     state: Mutex<State>,
     history_max: usize,
     history_age: Duration,
+    presence_ttl: Duration,
 }
 
 impl Default for MemoryEngine {
@@ -67,7 +79,14 @@ impl MemoryEngine {
             state: Mutex::new(State::default()),
             history_max: history_max.max(1),
             history_age,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
         }
+    }
+
+    /// The presence a client gets on registration, before its node's first heartbeat.
+    pub fn with_presence_ttl(mut self, ttl: Duration) -> Self {
+        self.presence_ttl = ttl;
+        self
     }
 }
 
@@ -129,6 +148,75 @@ fn position(items: &VecDeque<HistoryItem>, r: &HistoryRef) -> Option<(usize, boo
 }
 
 impl ChatEngine for MemoryEngine {
+    async fn new_node(&self) -> Result<NodeId, EngineError> {
+        let mut s = self.state.lock();
+        s.last_node = s
+            .last_node
+            .checked_add(1)
+            .ok_or_else(|| EngineError::Unavailable("node numbers exhausted".into()))?;
+        Ok(s.last_node)
+    }
+
+    async fn heartbeat(
+        &self,
+        node: NodeId,
+        clients: &[ClientId],
+        ttl: Duration,
+    ) -> Result<Vec<ClientId>, EngineError> {
+        let until = Instant::now() + ttl;
+        let mut s = self.state.lock();
+        s.nodes.insert(node, until);
+        let mut unknown = Vec::new();
+        for id in clients {
+            match s.presence.get_mut(id) {
+                Some(at) => *at = until,
+                None => unknown.push(*id),
+            }
+        }
+        Ok(unknown)
+    }
+
+    async fn nodes(&self) -> Vec<NodeId> {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        s.nodes.retain(|_, until| *until > now);
+        let mut nodes: Vec<NodeId> = s.nodes.keys().copied().collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    async fn expired_clients(&self, limit: usize) -> Vec<ClientId> {
+        let now = Instant::now();
+        let s = self.state.lock();
+        let mut ids: Vec<ClientId> = s
+            .presence
+            .iter()
+            .filter(|(id, until)| {
+                **until <= now && s.nodes.get(&super::node_of(**id)).is_none_or(|n| *n <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        ids
+    }
+
+    async fn lock(&self, name: &str, holder: NodeId, ttl: Duration) -> bool {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        match s.locks.get(name) {
+            Some((h, until)) if *h != holder && *until > now => false,
+            _ => {
+                s.locks.insert(name.to_owned(), (holder, now + ttl));
+                true
+            }
+        }
+    }
+
+    fn available(&self) -> bool {
+        true
+    }
+
     async fn register(&self, info: ClientInfo) -> Result<(), EngineError> {
         let mut s = self.state.lock();
         let folded = casefold(&info.nick);
@@ -136,6 +224,8 @@ impl ChatEngine for MemoryEngine {
             return Err(EngineError::NickInUse);
         }
         s.nicks.insert(folded, info.id);
+        s.presence
+            .insert(info.id, Instant::now() + self.presence_ttl);
         s.clients.insert(info.id, info);
         Ok(())
     }
@@ -173,6 +263,7 @@ impl ChatEngine for MemoryEngine {
     async fn unregister(&self, id: ClientId) -> Option<Departed> {
         let mut s = self.state.lock();
         let client = s.clients.remove(&id)?;
+        s.presence.remove(&id);
         s.nicks.remove(&casefold(&client.nick));
         let mut peers = HashSet::new();
         for folded in s.member_of.remove(&id).unwrap_or_default() {

@@ -10,11 +10,27 @@ pub mod conformance;
 mod memory;
 
 use std::future::Future;
+use std::time::Duration;
 
-pub use memory::MemoryEngine;
+pub use memory::{MemoryEngine, DEFAULT_PRESENCE_TTL};
 
-/// Identifies a connection. Unique within a node for the life of the process.
+/// Identifies a connection across the network: the node's number in the high 32 bits, a
+/// sequence of that node in the low 32 (see [`client_id`]), so any node can tell where a client
+/// is connected without asking the engine.
 pub type ClientId = u64;
+
+/// A chat node's number, handed out once by [`ChatEngine::new_node`].
+pub type NodeId = u32;
+
+/// The node a client is connected to.
+pub const fn node_of(id: ClientId) -> NodeId {
+    (id >> 32) as NodeId
+}
+
+/// The id of the `seq`th connection of `node`.
+pub const fn client_id(node: NodeId, seq: u32) -> ClientId {
+    ((node as u64) << 32) | seq as u64
+}
 
 /// Why an engine call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -351,4 +367,32 @@ pub trait ChatEngine: Send + Sync + 'static {
         to: u64,
         limit: usize,
     ) -> impl Future<Output = Vec<(String, u64)>> + Send;
+
+    // Presence and node liveness (several nodes on one store). A registered client's presence
+    // is a record with an expiry (a sorted set of expiry times in Redis); `register` sets it to
+    // the engine's presence TTL, the node's heartbeat refreshes it. A node that dies stops
+    // refreshing, and once both its node record and its clients' presence lapse, a surviving
+    // node finds them with `expired_clients` and unregisters them (the QUIT).
+
+    /// A node number never handed out before by this engine's store (Redis: INCR).
+    fn new_node(&self) -> impl Future<Output = Result<NodeId, EngineError>> + Send;
+    /// Marks `node` alive for `ttl` and refreshes the presence of `clients` (its registered
+    /// clients) to the same expiry. Returns those of `clients` the engine no longer knows
+    /// (state lost or already reaped), so the node can tell their connections.
+    fn heartbeat(
+        &self,
+        node: NodeId,
+        clients: &[ClientId],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Vec<ClientId>, EngineError>> + Send;
+    /// Nodes whose heartbeat has not lapsed.
+    fn nodes(&self) -> impl Future<Output = Vec<NodeId>> + Send;
+    /// Registered clients whose presence lapsed and whose node is not alive, at most `limit`.
+    fn expired_clients(&self, limit: usize) -> impl Future<Output = Vec<ClientId>> + Send;
+    /// Takes, or renews when already held by `holder`, the lock `name` for `ttl`; true when
+    /// `holder` holds it afterwards. One holder at a time.
+    fn lock(&self, name: &str, holder: NodeId, ttl: Duration) -> impl Future<Output = bool> + Send;
+    /// False while the engine cannot reach its store (Redis down); then calls that return
+    /// plain values answer empty. The memory engine is always available.
+    fn available(&self) -> bool;
 }
