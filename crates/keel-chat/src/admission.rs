@@ -186,7 +186,9 @@ impl RegistrationGate {
 
     /// Permits free now for clients without an account.
     pub fn available(&self) -> usize {
-        self.general.as_ref().map_or(usize::MAX, |s| s.available_permits())
+        self.general
+            .as_ref()
+            .map_or(usize::MAX, |s| s.available_permits())
     }
 
     /// Waits for a permit: a client with a known account may also take a reserved one.

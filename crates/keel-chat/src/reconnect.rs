@@ -150,13 +150,19 @@ mod tests {
         let registration =
             "ERROR :Closing Link: 127.0.0.1 (Server is busy; try again in 12 seconds)";
         assert_eq!(parse_hint(registration), Some(Duration::from_secs(12)));
-        assert_eq!(parse_hint("ERROR :Closing Link: 1.2.3.4 (Ping timeout)"), None);
+        assert_eq!(
+            parse_hint("ERROR :Closing Link: 1.2.3.4 (Ping timeout)"),
+            None
+        );
         assert_eq!(parse_hint("try again in soon seconds"), None);
         assert_eq!(parse_hint("try again in 5 minutes"), None);
         assert_eq!(
             parse_hint("try again in 99999999 seconds"),
             Some(Duration::from_secs(3600))
         );
-        assert_eq!(parse_hint("try again in 99999999999999999999999 seconds"), None);
+        assert_eq!(
+            parse_hint("try again in 99999999999999999999999 seconds"),
+            None
+        );
     }
 }

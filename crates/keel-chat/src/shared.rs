@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
 
-use crate::admission::{Pace, Pacer, RegistrationGate, Refusal, Ticket};
+use crate::admission::{Pace, Pacer, Refusal, RegistrationGate, Ticket};
 use crate::client::Hub;
 use crate::config::Config;
 use crate::engine::{ChatEngine, ClientId};

@@ -30,7 +30,9 @@ async fn over_the_rate_a_connection_is_paced_not_refused_until_the_queue_is_full
     let hint = keel_chat::reconnect::parse_hint(&error).expect("a retry hint");
     assert!(hint.as_secs() >= 1, "{error}");
     // The paced client was never refused: it registers.
-    let welcome = paced.expect(|m| m.command == "001" || m.command == "ERROR").await;
+    let welcome = paced
+        .expect(|m| m.command == "001" || m.command == "ERROR")
+        .await;
     assert_eq!(welcome.command, "001", "{:?}", paced.seen);
 }
 
@@ -51,7 +53,9 @@ async fn paced_connections_are_admitted_in_arrival_order() {
     }
     // Everyone gets in, none refused.
     for c in &mut clients {
-        let m = c.expect(|m| m.command == "001" || m.command == "ERROR").await;
+        let m = c
+            .expect(|m| m.command == "001" || m.command == "ERROR")
+            .await;
         assert_eq!(m.command, "001", "{:?}", c.seen);
     }
 }
@@ -84,7 +88,12 @@ async fn two_listeners_share_one_port_with_so_reuseport() {
     let mut clients = Vec::new();
     for i in 0..64 {
         let mut c = Client::register(addr, &format!("r{i}")).await;
-        let welcome = c.seen.iter().find(|l| l.contains(" 001 ")).cloned().unwrap();
+        let welcome = c
+            .seen
+            .iter()
+            .find(|l| l.contains(" 001 "))
+            .cloned()
+            .unwrap();
         seen.insert(welcome.split(' ').next().unwrap().to_owned());
         c.sync().await;
         clients.push(c);
