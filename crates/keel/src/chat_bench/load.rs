@@ -62,6 +62,8 @@ struct Stats {
     joined: AtomicUsize,
     registrations: AtomicU64,
     failed_attempts: AtomicU64,
+    /// Failed attempts the server answered with a retry hint (paced out, not broken).
+    refused_with_hint: AtomicU64,
     disconnects: AtomicU64,
     last_registered_us: AtomicU64,
     last_rx_us: AtomicU64,
@@ -153,6 +155,7 @@ fn status_json(s: &Stats) -> Value {
         "joined": s.joined.load(Ordering::Relaxed),
         "registrations": s.registrations.load(Ordering::Relaxed),
         "failed_attempts": s.failed_attempts.load(Ordering::Relaxed),
+        "refused_with_hint": s.refused_with_hint.load(Ordering::Relaxed),
         "disconnects": s.disconnects.load(Ordering::Relaxed),
         "last_registered_us": s.last_registered_us.load(Ordering::Relaxed),
         "last_rx_us": s.last_rx_us.load(Ordering::Relaxed),
@@ -227,6 +230,9 @@ impl ClientTask {
                 Ok(s) => s,
                 Err(e) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    if e.hint.is_some() {
+                        self.stats.refused_with_hint.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.stats
                         .first_error
                         .lock()

@@ -450,6 +450,7 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
     // Before the storm: a baseline of the stayers' latency.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let failed_before = total(&loads, "failed_attempts");
+    let hinted_before = total(&loads, "refused_with_hint");
     let disconnects_before = total(&loads, "disconnects");
 
     stats.phase.store(1, Ordering::Relaxed);
@@ -519,6 +520,7 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
         }
     }
     let failed = total(&loads, "failed_attempts") - failed_before;
+    let hinted = total(&loads, "refused_with_hint") - hinted_before;
     let back = total(&loads, "registered");
     drop(loads);
     drop(nodes);
