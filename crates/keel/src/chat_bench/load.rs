@@ -461,13 +461,10 @@ impl LoadProc {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                match v["event"].as_str() {
-                    Some("status") => *st.lock() = v,
-                    Some("report") => {
-                        if tx.send(v).await.is_err() {
-                            return;
-                        }
-                    }
+                let event = v["event"].as_str().unwrap_or_default().to_owned();
+                match event.as_str() {
+                    "status" => *st.lock() = v,
+                    "report" if tx.send(v).await.is_err() => return,
                     _ => {}
                 }
             }

@@ -547,6 +547,7 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
     .with("all_back", all_back)
     .with("back_within_s", back_after.as_secs_f64())
     .with("failed_attempts", failed)
+    .with("refused_with_hint", hinted)
     .with("nodes_crashed", crashed)
     .with("peak_rss_bytes_per_node", json!(peak))
     .with("stayers", stayers as u64)
