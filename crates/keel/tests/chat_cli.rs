@@ -117,8 +117,13 @@ async fn two_chat_processes_share_one_irc_port() {
     }
     let mut servers = std::collections::HashSet::new();
     let mut streams = Vec::new();
-    for i in 0..64 {
-        let stream = tokio::net::TcpStream::connect(&irc).await.unwrap();
+    for i in 0..64u8 {
+        // One source address per connection: the per-address accept limit stays out of it.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 2, i + 1], 0)))
+            .unwrap();
+        let stream = socket.connect(irc.parse().unwrap()).await.unwrap();
         let (r, mut w) = stream.into_split();
         w.write_all(format!("NICK p{i}\r\nUSER p 0 * :P\r\n").as_bytes())
             .await
