@@ -116,7 +116,11 @@ fn spawn(index: usize, addr: SocketAddr, spec: &NodeSpec, start: u32) -> anyhow:
     .stderr(Stdio::from(log))
     .kill_on_drop(true);
     if spec.engine == BenchEngine::Redis {
-        cmd.args(["--redis", &spec.redis]);
+        // A key prefix of this run: nodes of one run share it, runs never see each other.
+        cmd.args(["--redis", &spec.redis]).env(
+            "KEEL_KEY_PREFIX",
+            format!("keel-bench-{}", std::process::id()),
+        );
     }
     cmd.spawn().context("starting keel chat serve")
 }
