@@ -31,18 +31,23 @@ use clap::{Args, ValueEnum};
 
 pub use load::{chat_load, ChatLoadArgs};
 
-/// The 100,000-connection runs of the brief's figures (release build; about 7 nodes are
-/// needed for the file limit, each node holding at most ~19,000 connections):
-const LONG_ABOUT: &str = "\
-The chat server at scale: nodes and load processes are children of this process.
+/// The runs behind the brief's chat figures, shown by `--help`.
+const FIGURES: &str = "\
+Nodes and load processes are child processes of this one. A process may hold 20,000 files
+here, so 100,000 connections need 7 nodes (about 14,300 each) and 7 load processes
+(--per-load 15000, the default). Figures of the brief (release build, Redis on
+127.0.0.1:6379; the nodes use a key prefix of their own per run):
 
-Figures of the brief (release build, Redis on 127.0.0.1:6379):
-  keel bench chat --scenario idle   --engine redis --nodes 7 --connections 100000 --json
+  # 100,000 idle connections, resident memory per connection per node (+ ngircd at 10,000)
+  keel bench chat --scenario idle --engine redis --nodes 7 --connections 100000 --json
+  # one message to a 10,000-member channel over 3 nodes, p50/p99 delivery
   keel bench chat --scenario fanout --engine redis --nodes 3 --fanout-members 10000 --json
-  keel bench chat --scenario storm  --engine redis --nodes 8 --connections 100000 --json
-(storm: node 0 keeps the --stayers and is never killed; the other 7 hold the 100,000
-clients, are SIGKILLed at once and restarted.) With --engine memory every node is its own
-network: idle works with any --nodes, fanout uses one node, storm works per node.";
+  # 100,000 clients on nodes 1-7, all SIGKILLed and restarted at once; node 0 keeps the
+  # --stayers (100), whose message p99 during the storm is the scenario's p99
+  keel bench chat --scenario storm --engine redis --nodes 8 --connections 100000 --json
+
+With --engine memory every node is a network of its own: idle and storm work the same,
+fan-out uses one node.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScenarioName {
@@ -67,7 +72,7 @@ impl BenchEngine {
 }
 
 #[derive(Debug, Args)]
-#[command(long_about = LONG_ABOUT)]
+#[command(after_help = FIGURES)]
 pub struct ChatBenchArgs {
     /// Scenarios to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "idle")]
@@ -108,9 +113,10 @@ pub struct ChatBenchArgs {
     /// Storm: give up waiting for the clients to come back after this long.
     #[arg(long, default_value = "180s", value_parser = keel_core::parse_duration)]
     pub storm_timeout: Duration,
-    /// Storm: the nodes' global accept rate per node (paced above it); 0 turns pacing off.
-    #[arg(long, default_value_t = 2000.0)]
-    pub accept_rate: f64,
+    /// Storm: the nodes' global accept rate per node (paced above it) [default: the
+    /// server's, 1000/s with a queue of 10,000 and a 10 s deadline]; 0 turns pacing off.
+    #[arg(long)]
+    pub accept_rate: Option<f64>,
     /// Reconnect policy: first backoff window.
     #[arg(long, default_value = "1s", value_parser = keel_core::parse_duration)]
     pub backoff_base: Duration,

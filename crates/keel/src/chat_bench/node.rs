@@ -125,17 +125,19 @@ fn spawn(index: usize, addr: SocketAddr, spec: &NodeSpec, start: u32) -> anyhow:
     cmd.spawn().context("starting keel chat serve")
 }
 
-/// Writes the nodes' configuration: limits as a scenario needs them.
-pub fn write_config(dir: &Path, name: &str, accept_rate: f64) -> anyhow::Result<PathBuf> {
+/// Writes the nodes' configuration: `accept_rate` `None` keeps the server's admission
+/// defaults (pacing at 1000/s, queue 10,000, 10 s deadline), `Some(0.0)` turns pacing off.
+pub fn write_config(dir: &Path, name: &str, accept_rate: Option<f64>) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{name}.toml"));
     // Flood control off (the bench's own clients send on a schedule); per-address rate off
-    // (every bench connection has its own address anyway); the global accept rate paces.
-    let text = format!(
+    // (every bench connection has its own address anyway).
+    let mut text = String::from(
         "server_name = \"bench.keel\"\nping_interval = \"60s\"\nping_timeout = \"120s\"\n\
-         [limits]\ncommands_per_sec = 0.0\naccepts_per_ip_per_sec = 0.0\nmax_unregistered = 0\n\
-         accepts_per_sec = {accept_rate:.1}\naccept_burst = 500\naccept_queue = 50000\n\
-         accept_wait_secs = 20.0\n"
+         [limits]\ncommands_per_sec = 0.0\naccepts_per_ip_per_sec = 0.0\nmax_unregistered = 0\n",
     );
+    if let Some(rate) = accept_rate {
+        text.push_str(&format!("accepts_per_sec = {rate:.1}\n"));
+    }
     std::fs::write(&path, text)?;
     Ok(path)
 }

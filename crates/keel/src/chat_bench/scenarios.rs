@@ -25,7 +25,7 @@ async fn start_nodes(
     dir: &Path,
     name: &str,
     k: usize,
-    accept_rate: f64,
+    accept_rate: Option<f64>,
 ) -> anyhow::Result<Vec<Node>> {
     let spec = NodeSpec {
         engine: args.engine,
@@ -146,7 +146,7 @@ async fn merged(
 pub async fn idle(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario> {
     let k = args.nodes;
     let n = args.connections;
-    let mut nodes = start_nodes(args, dir, "idle", k, 0.0).await?;
+    let mut nodes = start_nodes(args, dir, "idle", k, Some(0.0)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: Vec<u64> = nodes.iter().map(Node::rss).collect::<Result<_, _>>()?;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
@@ -269,7 +269,7 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
         }
     };
     let members = args.fanout_members.unwrap_or(args.connections.min(10_000));
-    let nodes = start_nodes(args, dir, "fanout", k, 0.0).await?;
+    let nodes = start_nodes(args, dir, "fanout", k, Some(0.0)).await?;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let mut loads = spawn_loads(args, &addrs, members)?;
     let registered = wait_for(
@@ -560,5 +560,9 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
         "stayer_disconnects",
         stats.drops.load(Ordering::Relaxed).max(stayer_errors),
     )
-    .with("accept_rate_per_node", args.accept_rate))
+    .with(
+        "accept_rate_per_node",
+        args.accept_rate
+            .unwrap_or(keel_chat::Limits::default().accepts_per_sec),
+    ))
 }
