@@ -212,11 +212,12 @@ impl ClientTask {
         let mut first = Some(gate);
         let mut nick_try = 0u32;
         loop {
-            let started = tokio::time::Instant::now();
             let permit = match first.as_ref() {
                 Some(g) => g.clone().acquire_owned().await.ok(),
                 None => None,
             };
+            // Registration latency: from the connect to the end of the welcome burst.
+            let started = tokio::time::Instant::now();
             let r = tokio::time::timeout(Duration::from_secs(60), self.connect(&mut nick_try))
                 .await
                 .unwrap_or_else(|_| {
