@@ -300,14 +300,28 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
     let (r, mut w) = sender.into_split();
     w.write_all(format!("JOIN {channel}\r\n").as_bytes())
         .await?;
-    let drain = tokio::spawn(async move {
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(_)) = lines.next_line().await {}
+    // Reads (and drops) what the sender receives; keeps why it was closed, if it was.
+    let closed: Arc<Mutex<Option<String>>> = Arc::default();
+    let drain = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("ERROR") {
+                    *closed.lock() = Some(line);
+                }
+            }
+        }
     });
     wait_quiet(&loads, Duration::from_secs(1), Duration::from_secs(60)).await;
     for seq in 0..args.fanout_messages {
         let line = format!("PRIVMSG {channel} :fan {seq} {}\r\n", unix_us());
-        w.write_all(line.as_bytes()).await?;
+        if let Err(e) = w.write_all(line.as_bytes()).await {
+            anyhow::bail!(
+                "the fan-out sender lost its connection: {e} ({})",
+                closed.lock().clone().unwrap_or_default()
+            );
+        }
         tokio::time::sleep(args.fanout_interval).await;
     }
     wait_quiet(&loads, Duration::from_secs(1), Duration::from_secs(60)).await;
