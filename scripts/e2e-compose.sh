@@ -43,6 +43,8 @@ export KEEL_LIMIT_PORT="${KEEL_E2E_LIMIT_PORT:-$(free_port)}"
 export KEEL_MASTER_PORT="${KEEL_E2E_MASTER_PORT:-$(free_port)}"
 export KEEL_IRC_PORT="${KEEL_E2E_IRC_PORT:-$(free_port)}"
 export KEEL_CHAT_PORT="${KEEL_E2E_CHAT_PORT:-$(free_port)}"
+export KEEL_IRC2_PORT="${KEEL_E2E_IRC2_PORT:-$(free_port)}"
+export KEEL_CHAT2_PORT="${KEEL_E2E_CHAT2_PORT:-$(free_port)}"
 export KEEL_WORKER_REPLICAS="${KEEL_E2E_WORKERS:-3}"
 # A SIGKILLed worker's jobs come back when their lease expires: 10 s instead of 30 s (heartbeats
 # every 500 ms keep live leases).
@@ -160,13 +162,13 @@ case ",$profiles," in
     ;;
 esac
 
-# --- chat: two IRC clients through the published port exchange a message ----------------------
+# --- chat: two IRC clients on two chat nodes (one Redis) exchange messages ----------------------
 case ",$profiles," in
   *,chat,*)
-    python3 - "$KEEL_IRC_PORT" <<'PY' || fail "chat phase"
+    python3 - "$KEEL_IRC_PORT" "$KEEL_IRC2_PORT" <<'PY' || fail "chat phase"
 import socket, sys, time
-port = int(sys.argv[1])
-def client(nick):
+port1, port2 = int(sys.argv[1]), int(sys.argv[2])
+def client(nick, port):
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
     return s, s.makefile("r", encoding="utf-8", newline="\r\n")
@@ -181,18 +183,22 @@ def wait(f, s, pred, what):
         if pred(line):
             return line
     sys.exit(f"chat: no {what}")
-a, fa = client("e2ealice")
+a, fa = client("e2ealice", port1)
 wait(fa, a, lambda l: " 001 " in l, "001 for alice")
-b, fb = client("e2ebob")
+b, fb = client("e2ebob", port2)
 wait(fb, b, lambda l: " 001 " in l, "001 for bob")
 a.sendall(b"JOIN #e2e\r\n"); wait(fa, a, lambda l: " 366 " in l, "JOIN for alice")
 b.sendall(b"JOIN #e2e\r\n"); wait(fb, b, lambda l: " 366 " in l, "JOIN for bob")
 a.sendall(b"PRIVMSG #e2e :hello through compose\r\n")
 wait(fb, b, lambda l: "PRIVMSG #e2e :hello through compose" in l, "message for bob")
-print("chat: two IRC clients registered, joined #e2e and exchanged a message")
+b.sendall(b"PRIVMSG e2ealice :direct across nodes\r\n")
+wait(fa, a, lambda l: "PRIVMSG e2ealice :direct across nodes" in l, "direct message for alice")
+b.sendall(b"QUIT :bye\r\n")
+wait(fa, a, lambda l: l.startswith(":e2ebob!") and " QUIT " in l, "QUIT of bob for alice")
+print("chat: alice on node 1 and bob on node 2 joined #e2e, exchanged channel and direct messages, bob's QUIT reached alice")
 PY
     curl -fsS --max-time 5 "http://127.0.0.1:$KEEL_CHAT_PORT/" | grep -qi "<html" || fail "chat web client page"
-    ok "chat: IRC through port $KEEL_IRC_PORT (register, join, message) and the web client through port $KEEL_CHAT_PORT"
+    ok "chat: two nodes on one Redis (IRC ports $KEEL_IRC_PORT and $KEEL_IRC2_PORT: register, join, messages, QUIT across nodes) and the web client through port $KEEL_CHAT_PORT"
     ;;
 esac
 

@@ -1,15 +1,16 @@
 //! What other tasks hold of a connection: its send queue, its kill switch, its capabilities.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use keel_irc_proto::Message;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::ClientId;
+use crate::cluster::Envelope;
+use crate::engine::{node_of, ClientId, NodeId};
 
 /// IRCv3 capabilities, as bits.
 pub mod cap {
@@ -31,6 +32,7 @@ pub mod cap {
     pub const CHATHISTORY: u32 = 1 << 15;
     pub const ACCOUNT_REGISTRATION: u32 = 1 << 16;
     pub const EXTENDED_MONITOR: u32 = 1 << 17;
+    pub const NO_IMPLICIT_NAMES: u32 = 1 << 18;
 
     /// Name, bit, and the value shown in `CAP LS 302`.
     pub const ALL: &[(&str, u32, &str)] = &[
@@ -56,6 +58,7 @@ pub mod cap {
             "before-connect",
         ),
         ("extended-monitor", EXTENDED_MONITOR, ""),
+        ("draft/no-implicit-names", NO_IMPLICIT_NAMES, ""),
     ];
 
     /// The bit of a capability name.
@@ -72,6 +75,7 @@ pub struct ClientHandle {
     kill: CancellationToken,
     reason: Mutex<Option<String>>,
     caps: AtomicU32,
+    registered: AtomicBool,
 }
 
 impl ClientHandle {
@@ -82,6 +86,7 @@ impl ClientHandle {
             kill: CancellationToken::new(),
             reason: Mutex::new(None),
             caps: AtomicU32::new(0),
+            registered: AtomicBool::new(false),
         }
     }
 
@@ -128,12 +133,28 @@ impl ClientHandle {
     pub(crate) fn set_caps(&self, bits: u32) {
         self.caps.store(bits, Ordering::Relaxed);
     }
+
+    /// True between a successful registration and the departure: the node heartbeats this
+    /// client's presence.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_registered(&self, on: bool) {
+        self.registered.store(on, Ordering::Relaxed);
+    }
 }
 
-/// The connections of this node, by id.
+/// Where deliveries for clients on other nodes go: a bounded queue drained by the relay
+/// (Redis pub/sub, one channel per node).
+pub type Outbox = mpsc::Sender<(NodeId, Envelope)>;
+
+/// The connections of this node, by id, and the way to the others.
 #[derive(Debug, Default)]
 pub struct Hub {
     clients: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
+    /// Set when this node is part of a network; without it every client is local.
+    outbox: OnceLock<Outbox>,
 }
 
 impl Hub {
@@ -145,6 +166,11 @@ impl Hub {
         self.clients.write().remove(&id);
     }
 
+    /// Connects the hub to the relay that carries deliveries to other nodes.
+    pub fn set_outbox(&self, outbox: Outbox) {
+        let _ = self.outbox.set(outbox);
+    }
+
     /// The handle of a connection on this node.
     pub fn get(&self, id: ClientId) -> Option<Arc<ClientHandle>> {
         self.clients.read().get(&id).cloned()
@@ -154,6 +180,113 @@ impl Hub {
     pub fn many(&self, ids: &[ClientId]) -> Vec<Arc<ClientHandle>> {
         let map = self.clients.read();
         ids.iter().filter_map(|id| map.get(id).cloned()).collect()
+    }
+
+    /// Sends `msg` to each of `ids` (except `skip`) that negotiated `need`, here or on its
+    /// node.
+    pub fn deliver(&self, ids: &[ClientId], skip: ClientId, msg: &Arc<Message>, need: u32) {
+        self.route(ids, skip, need, msg, None);
+    }
+
+    /// Like [`Hub::deliver`], but a recipient that negotiated `cap` gets `with` instead of
+    /// `msg` (extended-join).
+    pub fn deliver_variant(
+        &self,
+        ids: &[ClientId],
+        skip: ClientId,
+        msg: &Arc<Message>,
+        cap: u32,
+        with: &Arc<Message>,
+    ) {
+        self.route(ids, skip, 0, msg, Some((cap, with)));
+    }
+
+    fn route(
+        &self,
+        ids: &[ClientId],
+        skip: ClientId,
+        need: u32,
+        msg: &Arc<Message>,
+        variant: Option<(u32, &Arc<Message>)>,
+    ) {
+        let mut remote: HashMap<NodeId, Vec<ClientId>> = HashMap::new();
+        {
+            let map = self.clients.read();
+            for id in ids {
+                if *id == skip {
+                    continue;
+                }
+                match map.get(id) {
+                    Some(h) => deliver_to(h, need, msg, variant),
+                    None => remote.entry(node_of(*id)).or_default().push(*id),
+                }
+            }
+        }
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        for (node, ids) in remote {
+            let env = Envelope::Deliver {
+                ids,
+                need,
+                msg: msg.clone(),
+                variant: variant.map(|(cap, m)| (cap, m.clone())),
+            };
+            if outbox.try_send((node, env)).is_err() {
+                metrics::counter!("keel_chat_relay_dropped_total").increment(1);
+            }
+        }
+    }
+
+    /// Disconnects a client wherever it is connected; false when it is on no node we can
+    /// reach.
+    pub fn kill(&self, id: ClientId, reason: &str) -> bool {
+        if let Some(h) = self.get(id) {
+            h.kill(reason);
+            return true;
+        }
+        let Some(outbox) = self.outbox.get() else {
+            return false;
+        };
+        let env = Envelope::Kill {
+            id,
+            reason: reason.to_owned(),
+        };
+        outbox.try_send((node_of(id), env)).is_ok()
+    }
+
+    /// Carries out an envelope that arrived from another node for clients connected here.
+    pub fn receive(&self, env: Envelope) {
+        match env {
+            Envelope::Deliver {
+                ids,
+                need,
+                msg,
+                variant,
+            } => {
+                let map = self.clients.read();
+                for id in ids {
+                    if let Some(h) = map.get(&id) {
+                        deliver_to(h, need, &msg, variant.as_ref().map(|(c, m)| (*c, m)));
+                    }
+                }
+            }
+            Envelope::Kill { id, reason } => {
+                if let Some(h) = self.get(id) {
+                    h.kill(&reason);
+                }
+            }
+        }
+    }
+
+    /// Ids of the registered clients connected here (the heartbeat's list).
+    pub fn registered_ids(&self) -> Vec<ClientId> {
+        self.clients
+            .read()
+            .values()
+            .filter(|h| h.is_registered())
+            .map(|h| h.id)
+            .collect()
     }
 
     /// Connections now open.
@@ -169,5 +302,18 @@ impl Hub {
     /// Every handle (shutdown).
     pub fn all(&self) -> Vec<Arc<ClientHandle>> {
         self.clients.read().values().cloned().collect()
+    }
+}
+
+fn deliver_to(
+    h: &ClientHandle,
+    need: u32,
+    msg: &Arc<Message>,
+    variant: Option<(u32, &Arc<Message>)>,
+) {
+    match variant {
+        Some((cap, with)) if h.has(cap) => h.send(with.clone()),
+        _ if h.has(need) => h.send(msg.clone()),
+        _ => {}
     }
 }

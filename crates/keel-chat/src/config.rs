@@ -96,6 +96,7 @@ struct FileConfig {
     registration_timeout: Option<String>,
     history_max: Option<usize>,
     history_age: Option<String>,
+    presence_ttl: Option<String>,
     limits: Option<Limits>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -116,6 +117,9 @@ pub struct Config {
     pub registration_timeout: Duration,
     pub history_max: usize,
     pub history_age: Duration,
+    /// How long a client's presence outlives its node's last heartbeat (several nodes on
+    /// Redis): a node that dies takes its users with it within this time.
+    pub presence_ttl: Duration,
     pub limits: Limits,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -137,6 +141,7 @@ impl Default for Config {
             registration_timeout: Duration::from_secs(60),
             history_max: 1000,
             history_age: Duration::from_secs(7 * 24 * 3600),
+            presence_ttl: Duration::from_secs(30),
             limits: Limits::default(),
             tls_cert: None,
             tls_key: None,
@@ -181,6 +186,7 @@ impl Config {
             )?,
             history_max: file.history_max.unwrap_or(d.history_max),
             history_age: duration("history_age", file.history_age, d.history_age)?,
+            presence_ttl: duration("presence_ttl", file.presence_ttl, d.presence_ttl)?,
             limits: file.limits.unwrap_or_default(),
             tls_cert: file.tls_cert,
             tls_key: file.tls_key,

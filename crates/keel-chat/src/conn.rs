@@ -375,7 +375,7 @@ mod tests {
             ping_timeout: Duration::from_secs(60),
             ..crate::Config::default()
         };
-        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default(), 1));
         let (server_side, client_side) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(run(
             shared.clone(),
@@ -415,7 +415,7 @@ mod tests {
             ping_timeout: Duration::from_secs(60),
             ..crate::Config::default()
         };
-        let shared = Arc::new(Shared::new(config, MemoryEngine::default()));
+        let shared = Arc::new(Shared::new(config, MemoryEngine::default(), 1));
         let (server_side, client_side) = tokio::io::duplex(64 * 1024);
         tokio::spawn(run(
             shared.clone(),

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engine;
@@ -17,6 +18,6 @@ pub mod util;
 pub mod ws;
 
 pub use config::{Config, ConfigError, Limits, Operator};
-pub use engine::{ChatEngine, MemoryEngine};
-pub use server::{bind_listener, ChatServer, ServerError};
+pub use engine::{ChatEngine, MemoryEngine, RedisEngine};
+pub use server::{bind_listener, ChatServer, RedisRelay, ServerError};
 pub use session::{hash_password, verify_password};

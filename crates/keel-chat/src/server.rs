@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use crate::cluster;
 use crate::config::Config;
 use crate::conn::{self, StreamTransport};
 use crate::engine::ChatEngine;
@@ -29,6 +30,16 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("shut down before the engine answered")]
+    ShutDown,
+}
+
+/// What a node needs to join a network of nodes on Redis: the store handle (publishing) and
+/// a client for the node's one pub/sub subscription.
+#[derive(Clone)]
+pub struct RedisRelay {
+    pub handle: keel_redis::RedisHandle,
+    pub client: redis::Client,
 }
 
 /// A running chat node.
@@ -49,6 +60,18 @@ impl<E: ChatEngine> ChatServer<E> {
         http: Option<TcpListener>,
         shutdown: Shutdown,
     ) -> Result<Self, ServerError> {
+        Self::start_node(config, engine, irc, http, shutdown, None).await
+    }
+
+    /// Starts a node; with `relay`, one of a network of nodes sharing a Redis engine.
+    pub async fn start_node(
+        config: Config,
+        engine: E,
+        irc: TcpListener,
+        http: Option<TcpListener>,
+        shutdown: Shutdown,
+        relay: Option<RedisRelay>,
+    ) -> Result<Self, ServerError> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
             (None, None) => None,
@@ -60,9 +83,35 @@ impl<E: ChatEngine> ChatServer<E> {
         };
         // Installs the process-wide Prometheus recorder before the first metric is recorded.
         let _ = keel_core::telemetry::metrics_handle();
-        let shared = Arc::new(Shared::new(config, engine));
+        // The node's number comes from the store; wait for it rather than fail while Redis
+        // is starting.
+        let node = loop {
+            match engine.new_node().await {
+                Ok(n) => break n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get a node number yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return Err(ServerError::ShutDown),
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let shared = Arc::new(Shared::new(config, engine, node));
         let irc_addr = irc.local_addr()?;
         let mut tasks = JoinSet::new();
+        if let Some(relay) = relay {
+            let (tx, rx) = tokio::sync::mpsc::channel(cluster::OUTBOX_CAPACITY);
+            shared.hub.set_outbox(tx);
+            tasks.spawn(cluster::run_relay(
+                shared.clone(),
+                relay.handle,
+                relay.client,
+                rx,
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(cluster::run_liveness(shared.clone(), shutdown.clone()));
         tasks.spawn(accept_loop(shared.clone(), irc, tls, shutdown.clone()));
         let http_addr = match http {
             Some(listener) => {
@@ -78,7 +127,7 @@ impl<E: ChatEngine> ChatServer<E> {
             }
             None => None,
         };
-        tracing::info!(irc = %irc_addr, http = ?http_addr, "chat server listening");
+        tracing::info!(irc = %irc_addr, http = ?http_addr, node, "chat server listening");
         Ok(Self {
             shared,
             irc_addr,
@@ -244,12 +293,22 @@ impl<E> Clone for HttpState<E> {
 }
 
 fn router<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutdown) -> Router {
+    let ready = shared.clone();
     let state = HttpState { shared, shutdown };
     Router::new()
         .route("/", get(|| async { Html(WEB_CLIENT) }))
         .route("/ws", get(ws_upgrade::<E>))
         .with_state(state)
-        .merge(keel_core::admin_router(Readiness::always()))
+        .merge(keel_core::admin_router(Readiness::from_fn(move || {
+            let degraded = ready.is_degraded();
+            async move {
+                if degraded {
+                    Err("degraded: the store is unreachable".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        })))
 }
 
 async fn ws_upgrade<E: ChatEngine>(

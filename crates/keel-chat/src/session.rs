@@ -124,6 +124,16 @@ impl<E: ChatEngine> Session<E> {
         self.out.push(m);
     }
 
+    /// `FAIL <command> TEMPORARILY_UNAVAILABLE`: the store did not answer; try again.
+    fn temporarily_unavailable(&mut self, command: &str) {
+        self.fail(
+            command,
+            "TEMPORARILY_UNAVAILABLE",
+            vec![],
+            "Network degraded; try again shortly",
+        );
+    }
+
     fn msg_from_me(&self, command: &str, params: Vec<String>) -> Message {
         let mut m = Message::new(command, params)
             .with_source(self.mask())
@@ -136,35 +146,35 @@ impl<E: ChatEngine> Session<E> {
 
     /// Delivers to `ids` (self included, through `out`) those having `need` capabilities.
     fn deliver(&mut self, ids: &[ClientId], msg: &Arc<Message>, need: u32, include_self: bool) {
-        for h in self.shared.hub.many(ids) {
-            if h.id == self.id {
-                if include_self && self.has(need) {
-                    self.out.push((**msg).clone());
-                }
-            } else if h.has(need) {
-                h.send(msg.clone());
-            }
+        if include_self && self.has(need) && ids.contains(&self.id) {
+            self.out.push((**msg).clone());
         }
+        self.shared.hub.deliver(ids, self.id, msg, need);
     }
 
     /// Peers and, with extended-monitor, watchers: those told of away/account/setname changes.
     async fn notify_circle(&mut self, msg: Message, need: u32) {
         let msg = Arc::new(msg);
-        let mut ids = self.shared.engine.peers(self.id).await;
-        let seen: HashSet<ClientId> = ids.iter().copied().collect();
-        for w in self.shared.engine.watchers(&self.me()).await {
-            if !seen.contains(&w) {
-                if let Some(h) = self.shared.hub.get(w) {
-                    if h.has(cap::EXTENDED_MONITOR | need) {
-                        ids.push(w);
-                    }
-                }
-            }
-        }
+        let ids = self.shared.engine.peers(self.id).await;
         self.deliver(&ids, &msg, need, false);
+        self.deliver_watchers(&ids, &msg, need).await;
         if self.has(need) {
             self.out.push((*msg).clone());
         }
+    }
+
+    /// Watchers that are not `peers` get `msg` when they negotiated extended-monitor.
+    async fn deliver_watchers(&mut self, peers: &[ClientId], msg: &Arc<Message>, need: u32) {
+        let seen: HashSet<ClientId> = peers.iter().copied().collect();
+        let watchers: Vec<ClientId> = self
+            .shared
+            .engine
+            .watchers(&self.me())
+            .await
+            .into_iter()
+            .filter(|w| !seen.contains(w))
+            .collect();
+        self.deliver(&watchers, msg, cap::EXTENDED_MONITOR | need, false);
     }
 
     fn next_batch(&mut self) -> String {
@@ -251,6 +261,22 @@ impl<E: ChatEngine> Session<E> {
             } else {
                 self.num("461", vec![command.clone(), s("Not enough parameters")]);
             }
+            return;
+        }
+        if (self.shared.is_degraded() || !self.shared.engine.available())
+            && !matches!(
+                command.as_str(),
+                "CAP" | "PING" | "PONG" | "QUIT" | "PASS" | "MOTD" | "VERSION" | "TIME"
+            )
+        {
+            // Stated rule: nothing that needs the network state runs while the store is
+            // away, and nothing is queued to arrive late; the client is told to retry. A
+            // client still registering is closed with a hint its reconnect policy honours.
+            if !self.registered {
+                self.quit = Some(s("Network degraded; try again in 5 seconds"));
+                return;
+            }
+            self.temporarily_unavailable(&command);
             return;
         }
         match command.as_str() {
@@ -526,11 +552,19 @@ impl<E: ChatEngine> Session<E> {
             oper: false,
             signon: unix_secs(),
         };
-        if self.shared.engine.register(info).await.is_err() {
-            self.num("433", vec![nick, s("Nickname is already in use")]);
-            self.nick = None;
-            return;
+        match self.shared.engine.register(info).await {
+            Ok(()) => {}
+            Err(EngineError::Unavailable(_)) => {
+                self.quit = Some(s("Network degraded; try again in 5 seconds"));
+                return;
+            }
+            Err(_) => {
+                self.num("433", vec![nick, s("Nickname is already in use")]);
+                self.nick = None;
+                return;
+            }
         }
+        self.handle.set_registered(true);
         self.registered = true;
         self.shared.unregistered.fetch_sub(1, Ordering::Relaxed);
         metrics::counter!("keel_chat_registrations_total").increment(1);
@@ -827,10 +861,10 @@ impl<E: ChatEngine> Session<E> {
             return;
         };
         let reason = format!("Killed ({} ({}))", self.me(), msg.params[1]);
-        match self.shared.hub.get(target.id) {
-            Some(h) if h.id == self.id => self.quit = Some(reason),
-            Some(h) => h.kill(&reason),
-            None => self.num("401", vec![nick, s("No such nick/channel")]),
+        if target.id == self.id {
+            self.quit = Some(reason);
+        } else if !self.shared.hub.kill(target.id, &reason) {
+            self.num("401", vec![nick, s("No such nick/channel")]);
         }
     }
 
@@ -857,7 +891,7 @@ impl<E: ChatEngine> Session<E> {
             let max = self.shared.config.limits.max_channels;
             match self.shared.engine.join(chan, self.id, key, max).await {
                 Ok(joined) => {
-                    let name = joined.channel.name.clone();
+                    let name = joined.name.clone();
                     let account = self.account.clone().unwrap_or_else(|| s("*"));
                     let realname = self.user.as_ref().map(|u| u.1.clone()).unwrap_or_default();
                     let msgid = self.shared.msgids.next();
@@ -868,25 +902,20 @@ impl<E: ChatEngine> Session<E> {
                         .msg_from_me("JOIN", vec![name.clone(), account, realname])
                         .with_tag("msgid", msgid);
                     let (plain, ext) = (Arc::new(plain), Arc::new(ext));
-                    let ids: Vec<ClientId> =
-                        joined.channel.members.iter().map(|m| m.client.id).collect();
-                    for h in self.shared.hub.many(&ids) {
-                        let m = if h.has(cap::EXTENDED_JOIN) {
-                            &ext
-                        } else {
-                            &plain
-                        };
-                        if h.id == self.id {
-                            let m = if self.has(cap::EXTENDED_JOIN) {
-                                &ext
-                            } else {
-                                &plain
-                            };
-                            self.out.push((**m).clone());
-                        } else {
-                            h.send(m.clone());
-                        }
-                    }
+                    let ids: Vec<ClientId> = joined.members.clone();
+                    let mine = if self.has(cap::EXTENDED_JOIN) {
+                        &ext
+                    } else {
+                        &plain
+                    };
+                    self.out.push((**mine).clone());
+                    self.shared.hub.deliver_variant(
+                        &ids,
+                        self.id,
+                        &plain,
+                        cap::EXTENDED_JOIN,
+                        &ext,
+                    );
                     if self.away {
                         if let Some(me) = self.shared.engine.client(self.id).await {
                             let away = Arc::new(
@@ -897,11 +926,14 @@ impl<E: ChatEngine> Session<E> {
                             self.deliver(&others, &away, cap::AWAY_NOTIFY, false);
                         }
                     }
-                    if let Some(t) = &joined.channel.topic {
+                    if let Some(t) = &joined.topic {
                         self.num("332", vec![name.clone(), t.text.clone()]);
                         self.num("333", vec![name.clone(), t.setter.clone(), s(t.time)]);
                     }
-                    self.names(&name).await;
+                    // draft/no-implicit-names: big channels cost no NAMES burst per JOIN.
+                    if !self.has(cap::NO_IMPLICIT_NAMES) {
+                        self.names(&name).await;
+                    }
                 }
                 Err(e) => {
                     let (code, text) = match e {
@@ -913,6 +945,10 @@ impl<E: ChatEngine> Session<E> {
                             ("405", "You have joined too many channels")
                         }
                         EngineError::UserOnChannel => continue,
+                        EngineError::Unavailable(_) => {
+                            self.temporarily_unavailable("JOIN");
+                            continue;
+                        }
                         _ => ("403", "No such channel"),
                     };
                     self.num(code, vec![chan.clone(), s(text)]);
@@ -1297,9 +1333,7 @@ impl<E: ChatEngine> Session<E> {
             Ok(ops) => {
                 self.num("341", vec![target.nick.clone(), info.name.clone()]);
                 let m = Arc::new(self.msg_from_me("INVITE", vec![target.nick.clone(), info.name]));
-                if let Some(h) = self.shared.hub.get(target.id) {
-                    h.send(m.clone());
-                }
+                self.shared.hub.deliver(&[target.id], self.id, &m, 0);
                 let ops: Vec<ClientId> = ops.into_iter().filter(|i| *i != self.id).collect();
                 self.deliver(&ops, &m, cap::INVITE_NOTIFY, false);
                 if let Some(away) = target.away {
@@ -1382,6 +1416,10 @@ impl<E: ChatEngine> Session<E> {
                             self.out.push((*m).clone());
                         }
                     }
+                    Err(EngineError::Unavailable(_)) => {
+                        self.temporarily_unavailable(command);
+                        continue;
+                    }
                     Err(EngineError::NoSuchChannel) => {
                         if !notice {
                             self.num("403", vec![target.to_owned(), s("No such channel")]);
@@ -1397,17 +1435,17 @@ impl<E: ChatEngine> Session<E> {
                 }
             } else {
                 let Some(to) = self.shared.engine.find_nick(target).await else {
-                    if !notice {
+                    if !self.shared.engine.available() {
+                        self.temporarily_unavailable(command);
+                    } else if !notice {
                         self.num("401", vec![target.to_owned(), s("No such nick/channel")]);
                     }
                     continue;
                 };
                 let m = Arc::new(m);
-                if let Some(h) = self.shared.hub.get(to.id) {
-                    if h.id != self.id && h.has(need) {
-                        h.send(m.clone());
-                        metrics::counter!("keel_chat_messages_out_total").increment(1);
-                    }
+                if to.id != self.id {
+                    self.shared.hub.deliver(&[to.id], self.id, &m, need);
+                    metrics::counter!("keel_chat_messages_out_total").increment(1);
                 }
                 if command == "PRIVMSG" {
                     if let Some(away) = &to.away {
@@ -1457,19 +1495,10 @@ impl<E: ChatEngine> Session<E> {
                 self.msg_from_me("AWAY", vec![])
             }
         };
-        let mut peers = self.shared.engine.peers(self.id).await;
-        for w in self.shared.engine.watchers(&self.me()).await {
-            if !peers.contains(&w)
-                && self
-                    .shared
-                    .hub
-                    .get(w)
-                    .is_some_and(|h| h.has(cap::EXTENDED_MONITOR))
-            {
-                peers.push(w);
-            }
-        }
-        self.deliver(&peers, &Arc::new(m), cap::AWAY_NOTIFY, false);
+        let peers = self.shared.engine.peers(self.id).await;
+        let m = Arc::new(m);
+        self.deliver(&peers, &m, cap::AWAY_NOTIFY, false);
+        self.deliver_watchers(&peers, &m, cap::AWAY_NOTIFY).await;
     }
 
     async fn cmd_setname(&mut self, msg: &Message) {
@@ -1761,13 +1790,13 @@ impl<E: ChatEngine> Session<E> {
     /// `:server 730|731 <watcher's nick> :<target>` to each watcher connected here.
     async fn monitor_notify(&mut self, watchers: &[ClientId], code: &str, target: String) {
         let server = self.server().to_owned();
-        for h in self.shared.hub.many(watchers) {
-            let Some(watcher) = self.shared.engine.client(h.id).await else {
+        for w in watchers {
+            let Some(watcher) = self.shared.engine.client(*w).await else {
                 continue;
             };
             let m =
                 Message::new(code, vec![watcher.nick, target.clone()]).with_source(server.clone());
-            h.send(Arc::new(m));
+            self.shared.hub.deliver(&[*w], 0, &Arc::new(m), 0);
         }
     }
 
@@ -1955,15 +1984,16 @@ impl<E: ChatEngine> Session<E> {
             self.shared.unregistered.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        self.handle.set_registered(false);
         self.shared.engine.monitor_clear(self.id).await;
-        if let Some(d) = self.shared.engine.unregister(self.id).await {
-            let m = Arc::new(
-                Message::new("QUIT", vec![reason.to_owned()])
-                    .with_source(d.client.mask())
-                    .with_tag("time", format_time(unix_ms())),
-            );
-            self.deliver(&d.peers, &m, 0, false);
-            self.monitor_offline(&d.client.nick).await;
+        match self.shared.engine.unregister(self.id).await {
+            Some(d) => crate::cluster::announce_departure(&self.shared, &d, reason).await,
+            // The store did not answer: the record stays until it does (the liveness task
+            // retries), so the nick is not held forever by a client that is gone.
+            None if !self.shared.engine.available() => {
+                self.shared.defer_departure(self.id, reason);
+            }
+            None => {}
         }
         self.registered = false;
     }

@@ -1,7 +1,7 @@
 //! State of one chat node that every connection task shares.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
@@ -9,7 +9,7 @@ use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
 use crate::admission::{Pace, Pacer, Refusal, RegistrationGate, Ticket};
 use crate::client::Hub;
 use crate::config::Config;
-use crate::engine::{ChatEngine, ClientId};
+use crate::engine::{client_id, ChatEngine, ClientId, NodeId};
 use crate::util::MsgIds;
 
 pub const VERSION: &str = concat!("keel-", env!("CARGO_PKG_VERSION"));
@@ -35,6 +35,9 @@ fn rate_limit(name: &str, rate: f64, burst: u32) -> Option<Limit> {
     Some(Limit::new(name.to_owned(), spec))
 }
 
+/// Departures remembered while the store is unreachable, at most.
+pub const MAX_PENDING_DEPARTURES: usize = 100_000;
+
 /// The node: configuration, engine, local connections.
 pub struct Shared<E> {
     pub config: Config,
@@ -42,7 +45,17 @@ pub struct Shared<E> {
     pub hub: Hub,
     pub msgids: MsgIds,
     pub created: String,
-    next_id: AtomicU64,
+    /// This node's number: the high half of every client id it hands out.
+    pub node: NodeId,
+    next_seq: AtomicU32,
+    /// The store answered the last heartbeat.
+    store_ok: AtomicBool,
+    /// The relay's subscription is up (always true without a relay).
+    relay_ok: AtomicBool,
+    degraded: AtomicBool,
+    /// Clients that left while the store was unreachable: their QUIT is announced, and their
+    /// record removed, once it answers again (bounded; see [`Shared::defer_departure`]).
+    pending_departures: parking_lot::Mutex<Vec<(ClientId, String)>>,
     pub unregistered: AtomicUsize,
     limiter: Limiter,
     /// Paces new connections (global accept rate); see [`crate::admission`].
@@ -54,7 +67,7 @@ pub struct Shared<E> {
 }
 
 impl<E: ChatEngine> Shared<E> {
-    pub fn new(config: Config, engine: E) -> Self {
+    pub fn new(config: Config, engine: E, node: NodeId) -> Self {
         let l = &config.limits;
         let pacer = Pacer::new(
             l.accepts_per_sec,
@@ -79,7 +92,12 @@ impl<E: ChatEngine> Shared<E> {
             hub: Hub::default(),
             msgids: MsgIds::default(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            next_id: AtomicU64::new(1),
+            node,
+            next_seq: AtomicU32::new(1),
+            store_ok: AtomicBool::new(true),
+            relay_ok: AtomicBool::new(true),
+            degraded: AtomicBool::new(false),
+            pending_departures: parking_lot::Mutex::new(Vec::new()),
             unregistered: AtomicUsize::new(0),
             limiter: Limiter::memory(),
             pacer,
@@ -90,7 +108,65 @@ impl<E: ChatEngine> Shared<E> {
     }
 
     pub fn next_id(&self) -> ClientId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        let mut seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if seq == 0 {
+            seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        }
+        client_id(self.node, seq)
+    }
+
+    /// Remembers a departure the store could not record; the liveness task retries it. Past
+    /// `MAX_PENDING_DEPARTURES` the oldest are left to the presence TTL of this node's restart.
+    pub(crate) fn defer_departure(&self, id: ClientId, reason: &str) {
+        let mut pending = self.pending_departures.lock();
+        if pending.len() >= MAX_PENDING_DEPARTURES {
+            pending.remove(0);
+            metrics::counter!("keel_chat_departures_dropped_total").increment(1);
+        }
+        pending.push((id, reason.to_owned()));
+    }
+
+    pub(crate) fn take_pending_departures(&self) -> Vec<(ClientId, String)> {
+        std::mem::take(&mut *self.pending_departures.lock())
+    }
+
+    /// True while the store or the relay is unreachable: commands needing the network are
+    /// refused and local clients have been told.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_store_ok(&self, ok: bool) {
+        self.store_ok.store(ok, Ordering::Relaxed);
+        self.update_degraded();
+    }
+
+    pub(crate) fn set_relay_ok(&self, ok: bool) {
+        self.relay_ok.store(ok, Ordering::Relaxed);
+        self.update_degraded();
+    }
+
+    fn update_degraded(&self) {
+        let degraded =
+            !(self.store_ok.load(Ordering::Relaxed) && self.relay_ok.load(Ordering::Relaxed));
+        if self.degraded.swap(degraded, Ordering::Relaxed) == degraded {
+            return;
+        }
+        metrics::gauge!("keel_chat_degraded").set(if degraded { 1.0 } else { 0.0 });
+        let text = if degraded {
+            tracing::warn!("chat network degraded: the store is unreachable");
+            "*** Network degraded: you stay connected here, but channels, history and users on other servers are unavailable until it recovers"
+        } else {
+            tracing::info!("chat network recovered");
+            "*** Network recovered"
+        };
+        let notice = std::sync::Arc::new(
+            keel_irc_proto::Message::new("NOTICE", vec!["*".into(), text.into()])
+                .with_source(self.config.server_name.clone()),
+        );
+        for h in self.hub.all() {
+            h.send(notice.clone());
+        }
     }
 
     /// Admission on accept. `Ok(None)`: admit now; `Ok(Some(ticket))`: admit when the

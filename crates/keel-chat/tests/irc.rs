@@ -540,3 +540,27 @@ async fn registration_timeout_closes_idle_connections() {
     let error = c.expect_closed().await.unwrap();
     assert!(error.contains("Registration timed out"), "{error}");
 }
+
+#[tokio::test]
+async fn no_implicit_names_skips_the_names_burst_on_join() {
+    let server = start(test_config()).await;
+    let mut plain = Client::register(server.irc, "plain").await;
+    plain.send("JOIN #big").await;
+    plain.expect(|m| m.command == "366").await;
+    let mut quiet =
+        Client::register_with_caps(server.irc, "quiet", &["draft/no-implicit-names"]).await;
+    quiet.send("JOIN #big").await;
+    quiet.expect(|m| m.command == "JOIN").await;
+    quiet.sync().await;
+    assert!(
+        !quiet
+            .seen
+            .iter()
+            .any(|l| l.contains(" 353 ") || l.contains(" 366 ")),
+        "no NAMES after JOIN: {:?}",
+        quiet.seen
+    );
+    quiet.send("NAMES #big").await;
+    let names = quiet.expect(|m| m.command == "353").await;
+    assert!(names.params.last().unwrap().contains("plain"));
+}

@@ -6,13 +6,15 @@ local id, retention, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key = base .. 'job:' .. id
-local f = redis.call('HMGET', key, 'st', 'uk')
+local f = redis.call('HMGET', key, 'st', 'uk', 'att')
 local st = f[1]
 if not st then return 'missing' end
 if st == 'succeeded' or st == 'dead' or st == 'cancelled' then return st end
--- A queued id stays in its ready list; fetch skips it since it is no longer 'queued'.
+-- A queued job's element stays in its ready list: count it as stale, so that fetches check
+-- states until they have dropped it (see fetch.lua).
+if st == 'queued' then redis.call('INCR', base .. 'stale') end
 redis.call('ZREM', base .. 'scheduled', id)
-redis.call('ZREM', base .. 'inflight', id)
+if st == 'running' then redis.call('ZREM', base .. 'inflight', id .. '|' .. (f[3] or '0')) end
 redis.call('HSET', key, 'st', 'cancelled', 'fa', now, 'err', 'cancelled')
 redis.call('PEXPIRE', key, retention)
 redis.call('LPUSH', base .. 'recent', id)

@@ -1,20 +1,29 @@
 -- Lease up to ARGV[2] ready jobs of one queue to a worker, after promoting due delayed jobs.
 -- KEYS[1] = queue base; ARGV = worker, max (<= 1000), lease_ms, promote_limit
--- Returns, per job: id, spec, attempt, created_at, enqueued_at, run_at, started_at (= now).
+-- A ready list element carries what a fetch returns, "id|attempt|created|enqueued|run_at|spec",
+-- so a fetch costs one HSET per job. An element is stale only after a cancel of a queued job,
+-- which bumps the queue's `stale` counter; while it is above zero, fetches check each job's
+-- state in its hash (and count the stale elements they drop).
+-- In-flight members are "id|attempt": a job is running with that attempt exactly while its
+-- member is there, so an ack checks its lease with one ZMSCORE for the whole batch.
+-- Returns a flat array: started_at (= now), then per job its element
+-- "id|attempt|created|enqueued|run_at|spec", where the attempt it now runs is attempt + 1.
 local base = KEYS[1]
 local worker, max, lease, plimit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local jobp = base .. 'job:'
 
 -- Promote due scheduled / retrying jobs (bounded).
 local due = redis.call('ZRANGEBYSCORE', base .. 'scheduled', '-inf', now, 'LIMIT', 0, plimit)
 for _, id in ipairs(due) do
   redis.call('ZREM', base .. 'scheduled', id)
-  local key = base .. 'job:' .. id
-  local f = redis.call('HMGET', key, 'st', 'p')
+  local key = jobp .. id
+  local f = redis.call('HMGET', key, 'st', 'p', 'att', 'ca', 'ra', 'spec')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', key, 'st', 'queued', 'ea', now)
-    redis.call('RPUSH', base .. 'ready:' .. f[2], id)
+    redis.call('RPUSH', base .. 'ready:' .. f[2],
+      id .. '|' .. f[3] .. '|' .. f[4] .. '|' .. now .. '|' .. (f[5] or f[4]) .. '|' .. f[6])
     redis.call('ZADD', base .. 'prios', -tonumber(f[2]), f[2])
   end
 end
@@ -26,33 +35,52 @@ if limit > 0 then
 end
 if max <= 0 then return {} end
 
-local out = {}
+local snow = tostring(now)
+local out = { snow }
 local inflight = {}
+local ni, no = 0, 1 -- (lengths of inflight and out: counters are cheaper than #)
 local expiry = now + lease
+local stale = tonumber(redis.call('GET', base .. 'stale') or '0')
+local dropped = 0
 local prios = redis.call('ZRANGE', base .. 'prios', 0, 15)
--- Cancelled ids stay in the ready lists and are skipped here; the budget bounds the pops.
+-- Stale elements are skipped; the budget bounds the pops.
 local budget = max * 2 + 100
 for _, p in ipairs(prios) do
   if max <= 0 or budget <= 0 then break end
   local rkey = base .. 'ready:' .. p
   local drained = false
   while max > 0 and budget > 0 do
-    local ids = redis.call('LPOP', rkey, max)
-    if not ids then
+    local elems = redis.call('LPOP', rkey, max)
+    if not elems then
       drained = true
       break
     end
-    budget = budget - #ids
-    local short = #ids < max
-    for _, id in ipairs(ids) do
-      local key = base .. 'job:' .. id
-      local f = redis.call('HMGET', key, 'st', 'spec', 'att', 'ca', 'ea', 'ra')
-      if f[1] == 'queued' then
-        local att = tonumber(f[3]) + 1
-        redis.call('HSET', key, 'st', 'running', 'att', att, 'sa', now, 'w', worker)
-        inflight[#inflight + 1] = expiry
-        inflight[#inflight + 1] = id
-        out[#out + 1] = { id, f[2], tostring(att), f[4] or '0', f[5] or tostring(now), f[6] or tostring(now), tostring(now) }
+    budget = budget - #elems
+    local short = #elems < max
+    for _, e in ipairs(elems) do
+      local id, att = string.match(e, '^([^|]+)|(%d+)|')
+      if stale > 0 or not id then
+        -- Checked path: trust only the job's hash (also reads elements that are bare ids).
+        id = id or e
+        local f = redis.call('HMGET', jobp .. id, 'st', 'att', 'ca', 'ea', 'ra', 'spec')
+        if f[1] == 'queued' then
+          att = f[2] or '0'
+          local ca = f[3] or '0'
+          e = id .. '|' .. att .. '|' .. ca .. '|' .. (f[4] or ca) .. '|' .. (f[5] or ca) .. '|'
+            .. (f[6] or '')
+        else
+          id = nil
+          dropped = dropped + 1
+        end
+      end
+      if id then
+        local run = tonumber(att) + 1
+        redis.call('HSET', jobp .. id, 'st', 'running', 'att', run, 'sa', now, 'w', worker)
+        ni = ni + 2
+        inflight[ni - 1] = expiry
+        inflight[ni] = id .. '|' .. run
+        no = no + 1
+        out[no] = e
         max = max - 1
       end
     end
@@ -65,7 +93,13 @@ for _, p in ipairs(prios) do
     redis.call('ZREM', base .. 'prios', p)
   end
 end
-if #inflight > 0 then
-  redis.call('ZADD', base .. 'inflight', unpack(inflight))
+if dropped > 0 and stale > 0 then
+  if redis.call('DECRBY', base .. 'stale', dropped) <= 0 then
+    redis.call('DEL', base .. 'stale')
+  end
+end
+-- (score, member) pairs, unpacked at most 1000 values at a time.
+for s = 1, ni, 1000 do
+  redis.call('ZADD', base .. 'inflight', unpack(inflight, s, math.min(s + 999, ni)))
 end
 return out

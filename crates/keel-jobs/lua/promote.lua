@@ -8,10 +8,11 @@ local n = 0
 for _, id in ipairs(due) do
   redis.call('ZREM', base .. 'scheduled', id)
   local key = base .. 'job:' .. id
-  local f = redis.call('HMGET', key, 'st', 'p')
+  local f = redis.call('HMGET', key, 'st', 'p', 'att', 'ca', 'ra', 'spec')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
     redis.call('HSET', key, 'st', 'queued', 'ea', now)
-    redis.call('RPUSH', base .. 'ready:' .. f[2], id)
+    redis.call('RPUSH', base .. 'ready:' .. f[2],
+      id .. '|' .. f[3] .. '|' .. f[4] .. '|' .. now .. '|' .. (f[5] or f[4]) .. '|' .. f[6])
     redis.call('ZADD', base .. 'prios', -tonumber(f[2]), f[2])
     n = n + 1
   end

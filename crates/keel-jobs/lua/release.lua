@@ -7,11 +7,13 @@ local n = 0
 for i = 1, #ARGV, 2 do
   local id, att = ARGV[i], ARGV[i + 1]
   local key = base .. 'job:' .. id
-  local f = redis.call('HMGET', key, 'st', 'att', 'p')
+  local f = redis.call('HMGET', key, 'st', 'att', 'p', 'ca', 'ra', 'spec')
   if f[1] == 'running' and f[2] == att then
-    redis.call('ZREM', base .. 'inflight', id)
-    redis.call('HSET', key, 'st', 'queued', 'att', tonumber(att) - 1, 'ea', now)
-    redis.call('LPUSH', base .. 'ready:' .. f[3], id)
+    redis.call('ZREM', base .. 'inflight', id .. '|' .. att)
+    local back = tonumber(att) - 1
+    redis.call('HSET', key, 'st', 'queued', 'att', back, 'ea', now)
+    redis.call('LPUSH', base .. 'ready:' .. f[3],
+      id .. '|' .. back .. '|' .. f[4] .. '|' .. now .. '|' .. (f[5] or f[4]) .. '|' .. f[6])
     redis.call('ZADD', base .. 'prios', -tonumber(f[3]), f[3])
     n = n + 1
   end

@@ -6,16 +6,18 @@ local id = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local key = base .. 'job:' .. id
-local f = redis.call('HMGET', key, 'st', 'p', 'uk')
+local f = redis.call('HMGET', key, 'st', 'p', 'uk', 'ca', 'ra', 'spec')
 if not f[1] then return 'missing' end
 if f[1] ~= 'dead' and f[1] ~= 'cancelled' then return f[1] end
 redis.call('ZREM', base .. 'dead', id)
 redis.call('PERSIST', key)
 redis.call('HSET', key, 'st', 'queued', 'att', 0, 'ea', now)
 redis.call('HDEL', key, 'fa')
-redis.call('RPUSH', base .. 'ready:' .. f[2], id)
+redis.call('RPUSH', base .. 'ready:' .. f[2],
+  id .. '|0|' .. f[4] .. '|' .. now .. '|' .. (f[5] or f[4]) .. '|' .. f[6])
 redis.call('ZADD', base .. 'prios', -tonumber(f[2]), f[2])
 if f[3] and f[3] ~= '' then
   redis.call('SET', base .. 'uniq:' .. f[3], id, 'NX')
+  redis.call('SET', base .. 'uniqused', 1)
 end
 return 'ok'

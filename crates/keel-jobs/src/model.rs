@@ -220,16 +220,67 @@ pub struct Job {
     pub error: Option<String>,
 }
 
-/// The immutable part of a job, stored as one JSON blob by the Redis engine.
+/// The immutable part of a job, stored as one JSON blob by the Redis engine. Short field names
+/// keep a small job's hash under Redis's listpack limit (64-byte values), which makes every
+/// hash command on it cheaper; the long names are still read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct StoredSpec {
+    #[serde(rename = "k", alias = "kind")]
     pub kind: String,
+    #[serde(rename = "d", alias = "payload")]
     pub payload: Value,
+    #[serde(
+        rename = "p",
+        alias = "priority",
+        default,
+        skip_serializing_if = "is_zero"
+    )]
     pub priority: i32,
+    #[serde(rename = "m", alias = "max_attempts")]
     pub max_attempts: u32,
+    #[serde(rename = "t", alias = "timeout_ms")]
     pub timeout_ms: u64,
-    #[serde(default)]
+    #[serde(
+        rename = "u",
+        alias = "unique_key",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub unique_key: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// [`StoredSpec`] borrowed from a [`JobSpec`], to encode without copying the payload.
+#[derive(Serialize)]
+pub(crate) struct StoredSpecRef<'a> {
+    #[serde(rename = "k")]
+    pub kind: &'a str,
+    #[serde(rename = "d")]
+    pub payload: &'a Value,
+    #[serde(rename = "p", skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    #[serde(rename = "m")]
+    pub max_attempts: u32,
+    #[serde(rename = "t")]
+    pub timeout_ms: u64,
+    #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<&'a str>,
+}
+
+impl<'a> From<&'a JobSpec> for StoredSpecRef<'a> {
+    fn from(spec: &'a JobSpec) -> Self {
+        Self {
+            kind: &spec.kind,
+            payload: &spec.payload,
+            priority: spec.priority,
+            max_attempts: spec.max_attempts,
+            timeout_ms: spec.timeout_ms,
+            unique_key: spec.unique_key.as_deref(),
+        }
+    }
 }
 
 impl From<&JobSpec> for StoredSpec {

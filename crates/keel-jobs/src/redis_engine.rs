@@ -1,9 +1,12 @@
 //! The Redis engine: one Lua script per state transition, keys hash-tagged per queue.
 //!
 //! Layout under `prefix:{q:NAME}:` (one Redis Cluster slot per queue):
-//! `job:ID` (hash), `ready:P` (list per priority), `prios` (zset of non-empty priorities),
-//! `scheduled` (zset by run-at), `inflight` (zset by lease expiry), `dead` (zset by death
-//! time), `recent` (capped list of finished ids), `uniq:KEY`, `stats` and `cfg` (hashes).
+//! `job:ID` (hash), `ready:P` (list per priority of `id|attempt|created|enqueued|run_at|spec`
+//! elements, so that a fetch reads no hash; `stale` counts elements a cancel left behind), `prios` (zset of non-empty priorities),
+//! `scheduled` (zset by run-at), `inflight` (zset of `id|attempt` by lease expiry), `dead` (zset by death
+//! time), `recent` (capped list of finished ids), `done` (list of `expiry..id` of succeeded jobs,
+//! trimmed by `complete.lua` and `reap.lua` in bounded steps), `uniq:KEY`, `stats` and `cfg`
+//! (hashes).
 //! Global keys: `prefix:queues` (set), `prefix:workers` (zset) + `prefix:worker:ID`,
 //! `prefix:schedules` (hash), and `prefix:{cron}:…` for leader election and fire dedup.
 
@@ -18,11 +21,14 @@ use parking_lot::Mutex;
 use crate::engine::{Engine, EngineConfig, EngineError, EngineResult, ListFilter};
 use crate::model::{
     new_id, now_ms, valid_id, validate_queue_name, Completion, Enqueued, Job, JobSpec, JobState,
-    Lease, Outcome, QueueLimits, QueueStats, Schedule, StoredSpec, WorkerInfo,
+    Lease, Outcome, QueueLimits, QueueStats, Schedule, StoredSpec, StoredSpecRef, WorkerInfo,
 };
 
 /// Largest batch one script call handles; callers' batches are split.
 pub const MAX_BATCH: usize = 500;
+
+/// Largest ack batch one `complete.lua` call handles.
+pub const MAX_ACK_BATCH: usize = 1000;
 
 struct Scripts {
     enqueue: LuaScript,
@@ -246,13 +252,24 @@ impl RedisEngine {
             .map_err(EngineError::from)
     }
 
-    async fn enqueue_chunk(&self, queue: &str, specs: &[JobSpec]) -> EngineResult<Vec<Enqueued>> {
-        let mut args = Vec::with_capacity(1 + specs.len() * 7);
-        args.push(specs.len().to_string());
+    async fn enqueue_chunk(
+        &self,
+        queue: &str,
+        specs: impl ExactSizeIterator<Item = &JobSpec>,
+    ) -> EngineResult<Vec<Enqueued>> {
+        let n = specs.len();
+        let mut args = Vec::with_capacity(1 + n * 7);
+        let mut out = Vec::with_capacity(n);
+        args.push(n.to_string());
         for spec in specs {
-            let stored = serde_json::to_string(&StoredSpec::from(spec))
+            let stored = serde_json::to_string(&StoredSpecRef::from(spec))
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
-            args.push(new_id());
+            let id = new_id();
+            out.push(Enqueued {
+                id: id.clone(),
+                duplicate: false,
+            });
+            args.push(id);
             args.push(stored);
             args.push(spec.priority.to_string());
             args.push(spec.max_attempts.to_string());
@@ -260,16 +277,23 @@ impl RedisEngine {
             args.push(spec.delay_ms.to_string());
             args.push(spec.run_at.unwrap_or(-1).to_string());
         }
-        let reply: Vec<String> = self
+        // Only duplicates come back: (position from 1, the live job's id).
+        let duplicates: Vec<(usize, String)> = self
             .invoke(&self.scripts.enqueue, &[self.base(queue)], &args)
             .await?;
-        Ok(reply
-            .chunks(2)
-            .map(|pair| Enqueued {
-                id: pair.first().cloned().unwrap_or_default(),
-                duplicate: pair.get(1).is_some_and(|d| d == "1"),
-            })
-            .collect())
+        for (position, holder) in duplicates {
+            let slot = position
+                .checked_sub(1)
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| {
+                    EngineError::Corrupt(format!("enqueue reply: position {position}"))
+                })?;
+            *slot = Enqueued {
+                id: holder,
+                duplicate: true,
+            };
+        }
+        Ok(out)
     }
 
     fn lease_args(leases: &[Lease]) -> Vec<String> {
@@ -291,6 +315,7 @@ fn decode_job(id: &str, queue: &str, map: &HashMap<String, String>) -> EngineRes
         .get("st")
         .and_then(|s| JobState::parse(s))
         .ok_or_else(|| EngineError::Corrupt(format!("job {id}: no state")))?;
+    let created_at = parse_i64(map, "ca");
     Ok(Job {
         id: id.to_string(),
         queue: queue.to_string(),
@@ -301,10 +326,15 @@ fn decode_job(id: &str, queue: &str, map: &HashMap<String, String>) -> EngineRes
         attempts: parse_i64(map, "att").unwrap_or(0).max(0) as u32,
         max_attempts: spec.max_attempts,
         timeout_ms: spec.timeout_ms,
-        run_at: parse_i64(map, "ra"),
+        // A job ready at once has no 'ra' and no 'ea' (see enqueue.lua): both are 'ca'.
+        run_at: parse_i64(map, "ra").or(created_at),
         unique_key: spec.unique_key,
-        created_at: parse_i64(map, "ca").unwrap_or(0),
-        enqueued_at: parse_i64(map, "ea"),
+        created_at: created_at.unwrap_or(0),
+        enqueued_at: parse_i64(map, "ea").or(if map.contains_key("ra") {
+            None
+        } else {
+            created_at
+        }),
         started_at: parse_i64(map, "sa"),
         finished_at: parse_i64(map, "fa"),
         worker: map.get("w").cloned(),
@@ -316,11 +346,24 @@ fn decode_job(id: &str, queue: &str, map: &HashMap<String, String>) -> EngineRes
     })
 }
 
-fn decode_fetched(queue: &str, worker: &str, row: &[String]) -> EngineResult<Job> {
-    let field = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
-    let num = |i: usize| field(i).parse::<i64>().unwrap_or(0);
-    let id = field(0);
-    let spec: StoredSpec = serde_json::from_str(field(1))
+/// The job id of a ready list element (`id|attempt|created|enqueued|run_at|spec`, see
+/// `fetch.lua`) or of an in-flight member (`id|attempt`); without `|`, a bare id.
+fn element_id(element: &str) -> &str {
+    element.split_once('|').map_or(element, |(id, _)| id)
+}
+
+/// One fetched job: a ready list element `id|attempt|created|enqueued|run_at|spec` whose attempt
+/// is the one before this fetch (`started` is the script's `now`, sent once per batch).
+fn decode_fetched(queue: &str, worker: &str, started: i64, element: &str) -> EngineResult<Job> {
+    let mut fields = element.splitn(6, '|');
+    let mut next = || fields.next().unwrap_or("");
+    let id = next();
+    let num = |s: &str| s.parse::<i64>().unwrap_or(0);
+    let attempt = num(next()).max(0) + 1;
+    let created_at = num(next());
+    let enqueued_at = num(next());
+    let run_at = num(next());
+    let spec: StoredSpec = serde_json::from_str(next())
         .map_err(|e| EngineError::Corrupt(format!("job {id}: spec: {e}")))?;
     Ok(Job {
         id: id.to_string(),
@@ -329,14 +372,14 @@ fn decode_fetched(queue: &str, worker: &str, row: &[String]) -> EngineResult<Job
         payload: spec.payload,
         priority: spec.priority,
         state: JobState::Running,
-        attempts: num(2).max(0) as u32,
+        attempts: attempt.min(u32::MAX as i64) as u32,
         max_attempts: spec.max_attempts,
         timeout_ms: spec.timeout_ms,
-        run_at: Some(num(5)),
+        run_at: Some(run_at),
         unique_key: spec.unique_key,
-        created_at: num(3),
-        enqueued_at: Some(num(4)),
-        started_at: Some(num(6)),
+        created_at,
+        enqueued_at: Some(enqueued_at),
+        started_at: Some(started),
         finished_at: None,
         worker: Some(worker.to_string()),
         result: None,
@@ -358,6 +401,22 @@ impl Engine for RedisEngine {
         for spec in &jobs {
             spec.validate().map_err(EngineError::Invalid)?;
         }
+        // One queue (the usual case): no grouping.
+        if let Some(first) = jobs.first() {
+            if jobs.iter().all(|j| j.queue == first.queue) {
+                let queue = first.queue.as_str();
+                self.remember_queue(queue).await?;
+                let mut out = Vec::with_capacity(jobs.len());
+                for chunk in jobs.chunks(MAX_BATCH) {
+                    let answers = self.enqueue_chunk(queue, chunk.iter()).await?;
+                    if answers.len() != chunk.len() {
+                        return Err(EngineError::Corrupt("short enqueue reply".into()));
+                    }
+                    out.extend(answers);
+                }
+                return Ok(out);
+            }
+        }
         // Group by queue (each queue is one slot), keeping the answers in input order.
         let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, spec) in jobs.iter().enumerate() {
@@ -367,8 +426,9 @@ impl Engine for RedisEngine {
         for (queue, indexes) in by_queue {
             self.remember_queue(queue).await?;
             for chunk in indexes.chunks(MAX_BATCH) {
-                let specs: Vec<JobSpec> = chunk.iter().map(|&i| jobs[i].clone()).collect();
-                let answers = self.enqueue_chunk(queue, &specs).await?;
+                let answers = self
+                    .enqueue_chunk(queue, chunk.iter().map(|&i| &jobs[i]))
+                    .await?;
                 for (&i, answer) in chunk.iter().zip(answers) {
                     out[i] = Some(answer);
                 }
@@ -388,7 +448,7 @@ impl Engine for RedisEngine {
     ) -> EngineResult<Vec<Job>> {
         validate_queue_name(queue).map_err(EngineError::Invalid)?;
         let max = max.clamp(1, 1000);
-        let rows: Vec<Vec<String>> = self
+        let flat: Vec<String> = self
             .invoke(
                 &self.scripts.fetch,
                 &[self.base(queue)],
@@ -400,8 +460,13 @@ impl Engine for RedisEngine {
                 ],
             )
             .await?;
-        rows.iter()
-            .map(|row| decode_fetched(queue, worker, row))
+        let Some((started, elements)) = flat.split_first() else {
+            return Ok(Vec::new());
+        };
+        let started = started.parse::<i64>().unwrap_or(0);
+        elements
+            .iter()
+            .map(|element| decode_fetched(queue, worker, started, element))
             .collect()
     }
 
@@ -425,12 +490,11 @@ impl Engine for RedisEngine {
 
     async fn complete(&self, queue: &str, results: &[Completion]) -> EngineResult<usize> {
         let mut applied = 0;
-        for chunk in results.chunks(MAX_BATCH) {
-            let mut args = vec![
-                ms(self.config.retention).to_string(),
-                ms(self.config.dead_retention).to_string(),
-                self.config.recent_cap.to_string(),
-            ];
+        for chunk in results.chunks(MAX_ACK_BATCH) {
+            let mut args = Vec::with_capacity(3 + chunk.len() * 4);
+            args.push(ms(self.config.retention).to_string());
+            args.push(ms(self.config.dead_retention).to_string());
+            args.push(self.config.recent_cap.to_string());
             for c in chunk {
                 args.push(c.lease.id.clone());
                 args.push(c.lease.attempt.to_string());
@@ -438,7 +502,6 @@ impl Engine for RedisEngine {
                     Outcome::Succeeded(result) => {
                         args.push("ok".into());
                         args.push(result.as_ref().map(|r| r.to_string()).unwrap_or_default());
-                        args.push("0".into());
                     }
                     Outcome::Failed { error, backoff } => {
                         args.push("fail".into());
@@ -448,7 +511,6 @@ impl Engine for RedisEngine {
                     Outcome::Fatal(error) => {
                         args.push("fatal".into());
                         args.push(error.clone());
-                        args.push("0".into());
                     }
                 }
             }
@@ -577,10 +639,12 @@ impl Engine for RedisEngine {
             let mut ids: Vec<String> = Vec::new();
             for s in &states {
                 let part = match s {
-                    JobState::Running => {
-                        self.range("ZRANGE", format!("{base}inflight"), limit)
-                            .await?
-                    }
+                    JobState::Running => self
+                        .range("ZRANGE", format!("{base}inflight"), limit)
+                        .await?
+                        .iter()
+                        .map(|member| element_id(member).to_string())
+                        .collect(),
                     JobState::Queued => {
                         let prios = self.range("ZRANGE", format!("{base}prios"), 16).await?;
                         let mut part = Vec::new();
@@ -588,9 +652,13 @@ impl Engine for RedisEngine {
                             if part.len() >= limit {
                                 break;
                             }
+                            let elements = self
+                                .range("LRANGE", format!("{base}ready:{p}"), limit)
+                                .await?;
                             part.extend(
-                                self.range("LRANGE", format!("{base}ready:{p}"), limit)
-                                    .await?,
+                                elements
+                                    .iter()
+                                    .map(|element| element_id(element).to_string()),
                             );
                         }
                         part

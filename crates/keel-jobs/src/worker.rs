@@ -193,6 +193,25 @@ pub struct WorkerStats {
     pub handed_back: AtomicU64,
 }
 
+/// Metric handles of one queue, registered once: a labelled lookup per job is not free.
+struct QueueMetrics {
+    started: metrics::Counter,
+    succeeded: metrics::Counter,
+    failed: metrics::Counter,
+    enqueue_to_start: metrics::Histogram,
+}
+
+impl QueueMetrics {
+    fn new(queue: &str) -> Self {
+        Self {
+            started: metrics::counter!("keel_jobs_started_total", "queue" => queue.to_string()),
+            succeeded: metrics::counter!("keel_jobs_succeeded_total", "queue" => queue.to_string()),
+            failed: metrics::counter!("keel_jobs_failed_total", "queue" => queue.to_string()),
+            enqueue_to_start: metrics::histogram!("keel_jobs_enqueue_to_start_seconds", "queue" => queue.to_string()),
+        }
+    }
+}
+
 struct RunningJob {
     queue: String,
     attempt: u32,
@@ -365,6 +384,11 @@ impl Worker {
         let semaphore = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let mut failures = 0u32;
         let mut gates: HashMap<String, RateGate> = HashMap::new();
+        let mut queue_metrics: HashMap<String, Arc<QueueMetrics>> = config
+            .queues
+            .iter()
+            .map(|(q, _)| (q.clone(), Arc::new(QueueMetrics::new(q))))
+            .collect();
         'fetching: loop {
             let mut permits = tokio::select! {
                 permit = semaphore.clone().acquire_owned() => match permit {
@@ -440,6 +464,14 @@ impl Worker {
                 let Some(permit) = permits.split(1) else {
                     break;
                 };
+                let queue_metrics = match queue_metrics.get(&job.queue) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = Arc::new(QueueMetrics::new(&job.queue));
+                        queue_metrics.insert(job.queue.clone(), m.clone());
+                        m
+                    }
+                };
                 let lost = CancellationToken::new();
                 running.lock().insert(
                     job.id.clone(),
@@ -459,6 +491,7 @@ impl Worker {
                     running.clone(),
                     handback.clone(),
                     self.stats.clone(),
+                    queue_metrics,
                 );
                 tracker.spawn(async move {
                     task.await;
@@ -527,6 +560,7 @@ async fn run_job(
     running: Arc<Mutex<HashMap<String, RunningJob>>>,
     handback: Arc<Mutex<Vec<(String, Lease)>>>,
     stats: Arc<WorkerStats>,
+    queue_metrics: Arc<QueueMetrics>,
 ) {
     let lease = Lease {
         id: job.id.clone(),
@@ -534,9 +568,10 @@ async fn run_job(
     };
     let queue = job.queue.clone();
     stats.started.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("keel_jobs_started_total", "queue" => queue.clone()).increment(1);
+    queue_metrics.started.increment(1);
     if let (Some(started), Some(enqueued)) = (job.started_at, job.enqueued_at) {
-        metrics::histogram!("keel_jobs_enqueue_to_start_seconds", "queue" => queue.clone())
+        queue_metrics
+            .enqueue_to_start
             .record((started - enqueued).max(0) as f64 / 1000.0);
     }
     let timeout = Duration::from_millis(job.timeout_ms);
@@ -569,12 +604,12 @@ async fn run_job(
     let outcome = match result {
         Ok(value) => {
             stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("keel_jobs_succeeded_total", "queue" => queue.clone()).increment(1);
+            queue_metrics.succeeded.increment(1);
             Outcome::Succeeded(value)
         }
         Err(error) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("keel_jobs_failed_total", "queue" => queue.clone()).increment(1);
+            queue_metrics.failed.increment(1);
             tracing::info!(job = %lease.id, attempt = lease.attempt, error = %error.message, "attempt failed");
             if error.retryable {
                 Outcome::Failed {
@@ -595,25 +630,41 @@ async fn ack_loop(
     config: Arc<WorkerConfig>,
     done: CancellationToken,
 ) {
-    let mut pending: Vec<(String, Completion)> = Vec::new();
+    // Acks held per queue, sent in batches; a queue whose ack fails keeps its acks and retries.
+    let mut pending: HashMap<String, Vec<Completion>> = HashMap::new();
+    let mut held = 0usize;
     let mut failures = 0u32;
     let mut closed = false;
+    let hold = |pending: &mut HashMap<String, Vec<Completion>>, queue: String, c: Completion| {
+        match pending.get_mut(&queue) {
+            Some(batch) => batch.push(c),
+            None => {
+                pending.insert(queue, vec![c]);
+            }
+        }
+    };
     loop {
-        if pending.is_empty() {
+        if held == 0 {
             if closed {
                 return;
             }
             match rx.recv().await {
-                Some(item) => pending.push(item),
+                Some((queue, c)) => {
+                    hold(&mut pending, queue, c);
+                    held += 1;
+                }
                 None => {
                     closed = true;
                     continue;
                 }
             }
         }
-        while pending.len() < config.ack_batch {
+        while held < config.ack_batch {
             match rx.try_recv() {
-                Ok(item) => pending.push(item),
+                Ok((queue, c)) => {
+                    hold(&mut pending, queue, c);
+                    held += 1;
+                }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     closed = true;
@@ -621,38 +672,40 @@ async fn ack_loop(
                 }
             }
         }
-        let mut by_queue: HashMap<&str, Vec<Completion>> = HashMap::new();
-        for (queue, c) in &pending {
-            by_queue.entry(queue.as_str()).or_default().push(c.clone());
-        }
-        let mut failed_queues = Vec::new();
-        for (queue, batch) in by_queue {
-            if let Err(e) = engine.complete(queue, &batch).await {
-                if failures == 0 || failures.is_multiple_of(20) {
-                    tracing::warn!(queue, error = %e, held = pending.len(), "ack failed; holding results and retrying");
+        let mut failed = false;
+        for (queue, batch) in pending.iter_mut() {
+            if batch.is_empty() {
+                continue;
+            }
+            match engine.complete(queue, batch).await {
+                Ok(_) => {
+                    held -= batch.len();
+                    batch.clear();
                 }
-                failed_queues.push(queue.to_string());
+                Err(e) => {
+                    if failures == 0 || failures.is_multiple_of(20) {
+                        tracing::warn!(queue, error = %e, held = batch.len(), "ack failed; holding results and retrying");
+                    }
+                    failed = true;
+                }
             }
         }
-        if failed_queues.is_empty() {
-            pending.clear();
+        if !failed {
             if failures > 0 {
                 tracing::info!("acks delivered again");
             }
             failures = 0;
             continue;
         }
-        pending.retain(|(q, _)| failed_queues.contains(q));
         failures += 1;
         if done.is_cancelled() && failures > 50 {
             tracing::error!(
-                held = pending.len(),
+                held,
                 "giving up on acks at shutdown; those jobs will run again after their lease"
             );
             return;
         }
         tokio::time::sleep(backoff_delay(failures)).await;
-        let _ = &config;
     }
 }
 

@@ -291,6 +291,67 @@ async fn cancel_queued_running_and_finished(e: Arc<dyn Engine>) {
     assert_eq!(e.retry(&d).await.unwrap(), Some(JobState::Queued));
 }
 
+async fn cancel_then_replay_of_a_queued_job_runs_it_once(e: Arc<dyn Engine>) {
+    let ids = e
+        .enqueue(vec![spec("cr"), spec("cr"), spec("cr")])
+        .await
+        .unwrap();
+    assert_eq!(
+        e.cancel(&ids[0].id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert_eq!(
+        e.cancel(&ids[2].id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    assert_eq!(e.retry(&ids[0].id).await.unwrap(), Some(JobState::Queued));
+    let fetched = e.fetch("cr", "w", 10, LEASE).await.unwrap();
+    let mut got: Vec<_> = fetched.iter().map(|j| j.id.clone()).collect();
+    got.sort();
+    let mut want = vec![ids[0].id.clone(), ids[1].id.clone()];
+    want.sort();
+    assert_eq!(got, want, "the replayed job once, the cancelled one never");
+    assert!(fetched.iter().all(|j| j.attempts == 1));
+    assert!(e.fetch("cr", "w", 10, LEASE).await.unwrap().is_empty());
+    let acks: Vec<_> = fetched.iter().map(ok).collect();
+    assert_eq!(e.complete("cr", &acks).await.unwrap(), 2);
+    // Later jobs flow as usual, with their stored fields intact.
+    let later = e.enqueue(vec![spec("cr")]).await.unwrap().remove(0).id;
+    let queued = e.get(&later).await.unwrap().unwrap();
+    assert_eq!(queued.state, JobState::Queued);
+    assert_eq!(queued.enqueued_at, Some(queued.created_at));
+    assert_eq!(queued.run_at, Some(queued.created_at));
+    // A run_at in the past runs at once and keeps the run_at it was given.
+    let mut past = spec("cr");
+    past.run_at = Some(queued.created_at - 5000);
+    let past = e.enqueue(vec![past]).await.unwrap().remove(0).id;
+    let stored = e.get(&past).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Queued);
+    assert_eq!(stored.run_at, Some(queued.created_at - 5000));
+    let job = e.fetch("cr", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!((job.id.as_str(), job.attempts), (later.as_str(), 1));
+    let past_job = e.fetch("cr", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(past_job.id, past);
+    assert_eq!(past_job.run_at, Some(queued.created_at - 5000));
+    assert_eq!(job.enqueued_at, Some(queued.created_at));
+    let running = e.get(&later).await.unwrap().unwrap();
+    assert_eq!(running.state, JobState::Running);
+    assert_eq!(running.worker.as_deref(), Some("w"));
+    let listed = e
+        .list(&ListFilter {
+            queue: Some("cr".into()),
+            state: Some(JobState::Running),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let mut listed: Vec<_> = listed.into_iter().map(|j| j.id).collect();
+    listed.sort();
+    let mut want = vec![later, past];
+    want.sort();
+    assert_eq!(listed, want);
+}
+
 async fn unique_keys(e: Arc<dyn Engine>) {
     let mut s = spec("u");
     s.unique_key = Some("report-42".into());
@@ -349,6 +410,20 @@ async fn finished_jobs_expire(e: Arc<dyn Engine>) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     e.reap("x", 100).await.unwrap();
     assert!(e.get(&id).await.unwrap().is_none(), "gone after retention");
+    // Without a reaper, later acks forget expired jobs as well.
+    let id = e.enqueue(vec![spec("x")]).await.unwrap().remove(0).id;
+    let job = e.fetch("x", "w", 1, LEASE).await.unwrap().remove(0);
+    e.complete("x", &[ok(&job)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = e.enqueue(vec![spec("x")]).await.unwrap().remove(0).id;
+    let job = e.fetch("x", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(e.complete("x", &[ok(&job)]).await.unwrap(), 1);
+    assert!(e.get(&id).await.unwrap().is_none(), "gone after retention");
+    assert_eq!(
+        e.get(&later).await.unwrap().unwrap().state,
+        JobState::Succeeded,
+        "kept within retention"
+    );
 }
 
 async fn concurrency_limit(e: Arc<dyn Engine>) {
@@ -499,6 +574,7 @@ conformance!(
     expired_leases_are_reaped,
     heartbeats_renew_leases,
     cancel_queued_running_and_finished,
+    cancel_then_replay_of_a_queued_job_runs_it_once,
     unique_keys,
     release_hands_back_without_counting,
     big_batches_lose_nothing,

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use keel_chat::{ChatServer, Config, MemoryEngine};
+use keel_chat::{ChatServer, Config, MemoryEngine, RedisEngine, RedisRelay};
 use keel_core::Shutdown;
 
-use crate::cli::Engine;
+use crate::cli::{Engine, RedisArgs};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -58,9 +58,15 @@ pub struct ChatServeArgs {
     /// `listen_backlog`; the kernel caps it at net.core.somaxconn].
     #[arg(long, env = "KEEL_LISTEN_BACKLOG")]
     pub listen_backlog: Option<u32>,
-    /// State engine. Only `memory` (one node) exists yet; `redis` arrives with issue 6.
-    #[arg(long, env = "KEEL_ENGINE", value_enum, default_value = "memory")]
+    /// How long a node's clients outlive its last heartbeat (Redis engine): a node that dies
+    /// takes its users with it within this time [default: 30s].
+    #[arg(long, env = "KEEL_PRESENCE_TTL", value_parser = keel_core::parse_duration)]
+    pub presence_ttl: Option<Duration>,
+    /// State engine: `redis` (any number of nodes on one Redis) or `memory` (one node).
+    #[arg(long, env = "KEEL_ENGINE", value_enum, default_value = "redis")]
     pub engine: Engine,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +93,9 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.listen_backlog {
         config.listen_backlog = v;
     }
+    if let Some(v) = args.presence_ttl {
+        config.presence_ttl = v;
+    }
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert.clone();
         config.tls_key = args.tls_key.clone();
@@ -95,11 +104,6 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
-    if args.engine == Engine::Redis {
-        anyhow::bail!(
-            "the chat server's Redis engine is not built yet (issue 6); run with --engine memory"
-        );
-    }
     let config = build_config(&args)?;
     let irc = keel_chat::bind_listener(args.irc_listen, config.listen_backlog, args.reuse_port)
         .with_context(|| format!("binding IRC listener {}", args.irc_listen))?;
@@ -111,22 +115,44 @@ async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
         irc.local_addr()?,
         http.local_addr()?
     );
-    serve_on(irc, http, config, Shutdown::on_signals()).await?;
+    let redis = (args.engine == Engine::Redis).then_some(&args.redis);
+    serve_on(irc, http, config, redis, Shutdown::on_signals()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves the chat role on bound listeners with the memory engine until `shutdown` fires
-/// (`keel chat serve`, `keel dev`).
+/// Serves the chat role on bound listeners until `shutdown` fires: on the memory engine, or
+/// with `redis` as one node of a network sharing that Redis (`keel chat serve`, `keel dev`).
 pub async fn serve_on(
     irc: tokio::net::TcpListener,
     http: tokio::net::TcpListener,
     config: Config,
+    redis: Option<&RedisArgs>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let engine = MemoryEngine::new(config.history_max, config.history_age);
-    let server = ChatServer::start(config, engine, irc, Some(http), shutdown)
-        .await
-        .context("starting the chat server")?;
-    server.wait().await;
+    match redis {
+        None => {
+            let engine = MemoryEngine::new(config.history_max, config.history_age)
+                .with_presence_ttl(config.presence_ttl);
+            let server = ChatServer::start(config, engine, irc, Some(http), shutdown)
+                .await
+                .context("starting the chat server")?;
+            server.wait().await;
+        }
+        Some(redis) => {
+            let handle = redis.handle()?;
+            let client = keel_redis::redis::Client::open(redis.url.as_str())
+                .with_context(|| format!("Redis URL {}", handle.url_for_logs()))?;
+            let engine = RedisEngine::new(handle.clone(), config.history_max, config.history_age)
+                .await
+                .context("starting the chat server's Redis engine")?
+                .with_presence_ttl(config.presence_ttl);
+            let relay = RedisRelay { handle, client };
+            let server =
+                ChatServer::start_node(config, engine, irc, Some(http), shutdown, Some(relay))
+                    .await
+                    .context("starting the chat server")?;
+            server.wait().await;
+        }
+    }
     Ok(())
 }

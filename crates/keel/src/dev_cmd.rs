@@ -90,13 +90,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         })?;
     let irc_addr = irc_listener.local_addr()?;
     let chat_http_addr = chat_http_listener.local_addr()?;
-    // The chat server has only its memory engine until its Redis engine lands (issue 6).
-    roles.spawn(crate::chat_cmd::serve_on(
-        irc_listener,
-        chat_http_listener,
-        keel_chat::Config::default(),
-        shutdown.clone(),
-    ));
+    let chat_redis = (engine == Engine::Redis).then(|| redis.clone());
+    let chat_shutdown = shutdown.clone();
+    roles.spawn(async move {
+        crate::chat_cmd::serve_on(
+            irc_listener,
+            chat_http_listener,
+            keel_chat::Config::default(),
+            chat_redis.as_ref(),
+            chat_shutdown,
+        )
+        .await
+    });
 
     let engine_name = match engine {
         Engine::Memory => "memory engines (no Redis)".to_string(),
@@ -105,7 +110,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("keel dev: every role in one process on {engine_name}");
     println!("  rate limiter   http://{limit_addr}   (POST /v1/check, /metrics)");
     println!("  job master     http://{jobs_addr}   (dashboard at /, POST /v1/jobs; 2 workers)");
-    println!("  chat (IRC)     irc://{irc_addr}   (memory engine)");
+    println!("  chat (IRC)     irc://{irc_addr}");
     println!("  chat (web)     http://{chat_http_addr}   (web client, WebSocket at /ws, /metrics)");
     println!("Ctrl-C stops everything.");
 

@@ -1,4 +1,5 @@
-//! `keel chat serve` as a process: flags, the IRC port, the refusal of the Redis engine.
+//! `keel chat serve` as a process on the memory engine: flags and the IRC port. Several nodes
+//! on Redis: `chat_cluster.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
@@ -15,6 +16,8 @@ async fn chat_serve_answers_irc_with_its_server_name() {
         .args([
             "chat",
             "serve",
+            "--engine",
+            "memory",
             "--irc-listen",
             "127.0.0.1:0",
             "--http-listen",
@@ -59,28 +62,6 @@ async fn chat_serve_answers_irc_with_its_server_name() {
         .unwrap()
         .unwrap();
     assert!(welcome.starts_with(":cli.test 001 cli "), "{welcome}");
-}
-
-#[tokio::test]
-async fn chat_serve_refuses_the_redis_engine_until_it_exists() {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args([
-            "chat",
-            "serve",
-            "--engine",
-            "redis",
-            "--irc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env("KEEL_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--engine memory"), "{stderr}");
 }
 
 /// Two `keel chat serve` processes on one IRC port (SO_REUSEPORT, on by default): both start,

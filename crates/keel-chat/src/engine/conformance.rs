@@ -106,11 +106,18 @@ pub async fn channels<E: ChatEngine>(e: &E) {
     }
     let j = e.join("#Chan", 1, None, 10).await.unwrap();
     assert!(j.created);
-    assert!(j.channel.member(1).unwrap().op, "creator is op");
-    assert_eq!(j.channel.name, "#Chan");
+    assert_eq!(j.members, vec![1]);
+    assert_eq!(j.name, "#Chan");
+    let info = e.channel("#chan").await.unwrap();
+    assert!(info.member(1).unwrap().op, "creator is op");
     let j = e.join("#chan", 2, None, 10).await.unwrap();
-    assert!(!j.created && !j.channel.member(2).unwrap().op);
-    assert_eq!(j.channel.members.len(), 2);
+    assert!(!j.created);
+    let mut members = j.members.clone();
+    members.sort_unstable();
+    assert_eq!(members, vec![1, 2]);
+    let info = e.channel("#chan").await.unwrap();
+    assert!(!info.member(2).unwrap().op);
+    assert_eq!(info.members.len(), 2);
     assert_eq!(
         e.join("#chan", 2, None, 10).await.err(),
         Some(EngineError::UserOnChannel)

@@ -423,7 +423,9 @@ impl ChatEngine for MemoryEngine {
         s.member_of.entry(id).or_default().insert(folded.clone());
         let chan = s.channels.get(&folded).ok_or(EngineError::NoSuchChannel)?;
         Ok(Joined {
-            channel: s.snapshot(chan),
+            name: chan.name.clone(),
+            topic: chan.topic.clone(),
+            members: chan.members.keys().copied().collect(),
             created,
         })
     }

@@ -8,11 +8,13 @@
 
 pub mod conformance;
 mod memory;
+mod redis;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use memory::{MemoryEngine, DEFAULT_PRESENCE_TTL};
+pub use redis::{RedisEngine, DEFAULT_MAX_CHANNEL_MEMBERS, HEARTBEAT_CHUNK};
 
 /// Identifies a connection across the network: the node's number in the high 32 bits, a
 /// sequence of that node in the low 32 (see [`client_id`]), so any node can tell where a client
@@ -163,10 +165,17 @@ pub struct ModeChange {
     pub arg: Option<String>,
 }
 
-/// The result of a JOIN.
+/// The result of a JOIN: what the joiner is told and who hears of it. Member ids only, not
+/// their records, so that a join costs O(members) ids rather than O(members) records; NAMES
+/// reads the records with [`ChatEngine::channel`] when the client wants them.
 #[derive(Debug, Clone)]
 pub struct Joined {
-    pub channel: ChannelInfo,
+    /// The channel's name as created.
+    pub name: String,
+    pub topic: Option<Topic>,
+    /// Every member after the join, the joiner included.
+    pub members: Vec<ClientId>,
+    /// The joiner created the channel (and is its first op).
     pub created: bool,
 }
 

@@ -1,0 +1,502 @@
+//! A chat network of stateless nodes on one store: delivery to clients on other nodes, node
+//! liveness, the clean-up after a dead node, and the degraded mode while Redis is away.
+//!
+//! - Every [`ClientId`] carries its node's number, so a delivery to a client that is not
+//!   connected here becomes an [`Envelope`] published on that node's pub/sub channel: one
+//!   subscription per node, not per client ([`run_relay`]).
+//! - Each node heartbeats its record and its clients' presence ([`run_liveness`]); a node that
+//!   stops (SIGKILL) lets both lapse, and the one surviving node holding the `reaper` lock
+//!   unregisters its clients, which tells their channel peers (QUIT) and MONITOR watchers
+//!   (731). `unregister` is atomic, so each departure is announced once.
+//! - While the store is unreachable the node is *degraded*: local connections stay up and are
+//!   told so; commands that need the network state are refused with
+//!   `FAIL <cmd> TEMPORARILY_UNAVAILABLE` (nothing is queued, so nothing arrives late or out of
+//!   order); deliveries to other nodes are dropped and counted. When the store answers again
+//!   the node heartbeats at once; clients the store no longer knows (state lost) are
+//!   disconnected with a reconnect hint so that their clients register again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use keel_core::Shutdown;
+use keel_irc_proto::Message;
+use tokio::sync::mpsc;
+
+use crate::engine::{ChatEngine, ClientId, Departed, NodeId};
+use crate::shared::Shared;
+use crate::util::{format_time, unix_ms};
+
+/// Most ids in one envelope; larger deliveries are split.
+pub const MAX_ENVELOPE_IDS: usize = 4096;
+/// Deliveries waiting for the relay; past this they are dropped and counted.
+pub const OUTBOX_CAPACITY: usize = 65_536;
+/// Expired clients unregistered per reaper pass.
+const REAP_BATCH: usize = 512;
+
+/// A delivery for clients connected to another node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Envelope {
+    /// Send `msg` to each of `ids` that negotiated `need`; one that negotiated the variant's
+    /// capability gets the variant instead.
+    Deliver {
+        ids: Vec<ClientId>,
+        need: u32,
+        msg: Arc<Message>,
+        variant: Option<(u32, Arc<Message>)>,
+    },
+    /// Disconnect a client (KILL).
+    Kill { id: ClientId, reason: String },
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not UTF-8")]
+    Utf8,
+    #[error("malformed envelope header")]
+    Header,
+    #[error("too many ids in an envelope")]
+    TooManyIds,
+    #[error("malformed message in envelope: {0}")]
+    Message(String),
+}
+
+impl Envelope {
+    /// The wire form: a header line, then the message line(s).
+    ///
+    /// `D <need> <variant cap or -> <id,id,...>\n<line>[\n<variant line>]` or
+    /// `K <id>\n<reason>`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(128);
+        match self {
+            Envelope::Deliver {
+                ids,
+                need,
+                msg,
+                variant,
+            } => {
+                out.push_str("D ");
+                out.push_str(&need.to_string());
+                out.push(' ');
+                match variant {
+                    Some((cap, _)) => out.push_str(&cap.to_string()),
+                    None => out.push('-'),
+                }
+                out.push(' ');
+                for (i, id) in ids.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&id.to_string());
+                }
+                out.push('\n');
+                msg.write_to(&mut out);
+                if let Some((_, m)) = variant {
+                    out.push('\n');
+                    m.write_to(&mut out);
+                }
+            }
+            Envelope::Kill { id, reason } => {
+                out.push_str("K ");
+                out.push_str(&id.to_string());
+                out.push('\n');
+                out.push_str(&reason.replace(['\r', '\n'], " "));
+            }
+        }
+        out.into_bytes()
+    }
+
+    /// Parses the wire form; never panics on any input.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| EnvelopeError::Utf8)?;
+        let (header, body) = text.split_once('\n').ok_or(EnvelopeError::Header)?;
+        let mut parts = header.split(' ');
+        match parts.next() {
+            Some("D") => {
+                let need = parse_num::<u32>(parts.next())?;
+                let variant_cap = match parts.next() {
+                    Some("-") => None,
+                    other => Some(parse_num::<u32>(other)?),
+                };
+                let list = parts.next().ok_or(EnvelopeError::Header)?;
+                if parts.next().is_some() {
+                    return Err(EnvelopeError::Header);
+                }
+                let mut ids = Vec::new();
+                for id in list.split(',') {
+                    if ids.len() >= MAX_ENVELOPE_IDS {
+                        return Err(EnvelopeError::TooManyIds);
+                    }
+                    ids.push(parse_num::<u64>(Some(id))?);
+                }
+                let (line, variant_line) = match variant_cap {
+                    Some(_) => {
+                        let (a, b) = body.split_once('\n').ok_or(EnvelopeError::Header)?;
+                        (a, Some(b))
+                    }
+                    None => (body, None),
+                };
+                let msg = parse_message(line)?;
+                let variant = match (variant_cap, variant_line) {
+                    (Some(cap), Some(l)) => Some((cap, parse_message(l)?)),
+                    _ => None,
+                };
+                Ok(Envelope::Deliver {
+                    ids,
+                    need,
+                    msg,
+                    variant,
+                })
+            }
+            Some("K") => {
+                let id = parse_num::<u64>(parts.next())?;
+                if parts.next().is_some() {
+                    return Err(EnvelopeError::Header);
+                }
+                Ok(Envelope::Kill {
+                    id,
+                    reason: body.to_owned(),
+                })
+            }
+            _ => Err(EnvelopeError::Header),
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(text: Option<&str>) -> Result<T, EnvelopeError> {
+    text.and_then(|t| t.parse().ok())
+        .ok_or(EnvelopeError::Header)
+}
+
+fn parse_message(line: &str) -> Result<Arc<Message>, EnvelopeError> {
+    Message::parse(line.as_bytes())
+        .map(Arc::new)
+        .map_err(|e| EnvelopeError::Message(e.to_string()))
+}
+
+/// The pub/sub channel of a node.
+pub fn node_channel(prefix: &str, node: NodeId) -> String {
+    format!("{prefix}:{{chat}}:node:{node}")
+}
+
+/// Tells the peers (QUIT) and MONITOR watchers (731) of a client that left the network.
+pub async fn announce_departure<E: ChatEngine>(shared: &Shared<E>, d: &Departed, reason: &str) {
+    let quit = Arc::new(
+        Message::new("QUIT", vec![reason.to_owned()])
+            .with_source(d.client.mask())
+            .with_tag("time", format_time(unix_ms())),
+    );
+    shared.hub.deliver(&d.peers, d.client.id, &quit, 0);
+    let server = shared.config.server_name.clone();
+    for w in shared.engine.watchers(&d.client.nick).await {
+        if let Some(watcher) = shared.engine.client(w).await {
+            let m = Message::new("731", vec![watcher.nick, d.client.nick.clone()])
+                .with_source(server.clone());
+            shared.hub.deliver(&[w], d.client.id, &Arc::new(m), 0);
+        }
+    }
+}
+
+/// Heartbeats this node and its clients, reaps the clients of dead nodes (under the reaper
+/// lock), and tracks whether the store is reachable, until `shutdown`.
+pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutdown) {
+    let ttl = shared.config.presence_ttl.max(Duration::from_secs(1));
+    let full_every = (ttl / 3).max(Duration::from_millis(300));
+    let tick = full_every.min(Duration::from_secs(1));
+    let node = shared.node;
+    let mut last_full = tokio::time::Instant::now() - full_every;
+    // Consecutive answered heartbeats: recovery is announced after two, so a Redis that is
+    // still loading its data does not make the node flap between degraded and recovered.
+    let mut answered = 0u32;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = interval.tick() => {}
+        }
+        // A full heartbeat (every client) each third of the TTL, and right after the store
+        // comes back; a node-only one on other ticks, which also probes the store.
+        let full = last_full.elapsed() >= full_every || shared.is_degraded();
+        let ids = if full {
+            shared.hub.registered_ids()
+        } else {
+            Vec::new()
+        };
+        match shared.engine.heartbeat(node, &ids, ttl).await {
+            Ok(unknown) => {
+                if full {
+                    last_full = tokio::time::Instant::now();
+                }
+                answered = answered.saturating_add(1);
+                if answered >= 2 || !shared.is_degraded() {
+                    shared.set_store_ok(true);
+                }
+                for id in unknown {
+                    if let Some(h) = shared.hub.get(id) {
+                        if h.is_registered() {
+                            metrics::counter!("keel_chat_state_lost_total").increment(1);
+                            h.kill("Network state lost; reconnect in 5 seconds");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                answered = 0;
+                shared.set_store_ok(false);
+                continue;
+            }
+        }
+        // Departures the store missed while it was away.
+        let pending = shared.take_pending_departures();
+        for (i, (id, reason)) in pending.iter().enumerate() {
+            shared.engine.monitor_clear(*id).await;
+            match shared.engine.unregister(*id).await {
+                Some(d) => announce_departure(&shared, &d, reason).await,
+                None if !shared.engine.available() => {
+                    for (id, reason) in &pending[i..] {
+                        shared.defer_departure(*id, reason);
+                    }
+                    break;
+                }
+                None => {}
+            }
+        }
+        if shared.engine.lock("reaper", node, full_every * 2).await {
+            for id in shared.engine.expired_clients(REAP_BATCH).await {
+                if let Some(d) = shared.engine.unregister(id).await {
+                    metrics::counter!("keel_chat_reaped_total").increment(1);
+                    tracing::info!(nick = %d.client.nick, node = crate::engine::node_of(id), "presence lapsed; announcing QUIT");
+                    announce_departure(&shared, &d, "Ping timeout: node lost").await;
+                }
+            }
+        }
+    }
+}
+
+/// Starts the relay for this node on Redis: a publisher draining the hub's outbox, and one
+/// subscription on this node's channel feeding the hub. Returns when `shutdown` fires.
+pub async fn run_relay<E: ChatEngine>(
+    shared: Arc<Shared<E>>,
+    handle: keel_redis::RedisHandle,
+    client: redis::Client,
+    mut outbox: mpsc::Receiver<(NodeId, Envelope)>,
+    shutdown: Shutdown,
+) {
+    let prefix = handle.keys().prefix().to_owned();
+    let channel = node_channel(&prefix, shared.node);
+    let sub_shared = shared.clone();
+    let sub_shutdown = shutdown.clone();
+    let subscriber = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connected = tokio::select! {
+                _ = sub_shutdown.wait() => return,
+                r = tokio::time::timeout(Duration::from_secs(5), client.get_async_pubsub()) => r,
+            };
+            let mut pubsub = match connected {
+                Ok(Ok(p)) => p,
+                other => {
+                    let error = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::debug!(%error, "relay subscription failed; retrying");
+                    sub_shared.set_relay_ok(false);
+                    tokio::select! {
+                        _ = sub_shutdown.wait() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            if let Err(e) = pubsub.subscribe(&channel).await {
+                tracing::debug!(error = %e, "SUBSCRIBE failed; retrying");
+                sub_shared.set_relay_ok(false);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            sub_shared.set_relay_ok(true);
+            tracing::info!(%channel, "relay subscribed");
+            let mut stream = pubsub.on_message();
+            loop {
+                let msg = tokio::select! {
+                    _ = sub_shutdown.wait() => return,
+                    m = stream.next() => m,
+                };
+                let Some(msg) = msg else { break };
+                metrics::counter!("keel_chat_relay_in_total").increment(1);
+                match Envelope::decode(msg.get_payload_bytes()) {
+                    Ok(env) => sub_shared.hub.receive(env),
+                    Err(e) => {
+                        metrics::counter!("keel_chat_relay_bad_total").increment(1);
+                        tracing::warn!(error = %e, "dropping a malformed relay envelope");
+                    }
+                }
+            }
+            tracing::warn!("relay subscription lost; reconnecting");
+            sub_shared.set_relay_ok(false);
+        }
+    });
+
+    let mut conn = handle.connection();
+    let mut batch: Vec<(NodeId, Envelope)> = Vec::with_capacity(256);
+    loop {
+        batch.clear();
+        let n = tokio::select! {
+            _ = shutdown.wait() => break,
+            n = outbox.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let mut pipe = redis::pipe();
+        let mut count = 0u64;
+        for (node, env) in batch.drain(..) {
+            for env in split(env) {
+                pipe.publish(node_channel(&prefix, node), env.encode())
+                    .ignore();
+                count += 1;
+            }
+        }
+        let sent = handle
+            .with_timeout(async {
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(keel_redis::RedisError::from)
+            })
+            .await;
+        match sent {
+            Ok(()) => metrics::counter!("keel_chat_relay_out_total").increment(count),
+            Err(e) => {
+                metrics::counter!("keel_chat_relay_dropped_total").increment(count);
+                tracing::debug!(error = %e, "relay publish failed; deliveries dropped");
+            }
+        }
+    }
+    subscriber.abort();
+}
+
+/// Splits an envelope whose id list is longer than [`MAX_ENVELOPE_IDS`].
+fn split(env: Envelope) -> Vec<Envelope> {
+    match env {
+        Envelope::Deliver {
+            ids,
+            need,
+            msg,
+            variant,
+        } if ids.len() > MAX_ENVELOPE_IDS => ids
+            .chunks(MAX_ENVELOPE_IDS)
+            .map(|c| Envelope::Deliver {
+                ids: c.to_vec(),
+                need,
+                msg: msg.clone(),
+                variant: variant.clone(),
+            })
+            .collect(),
+        other => vec![other],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(line: &str) -> Arc<Message> {
+        Arc::new(Message::parse(line.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn deliver_round_trips() {
+        let env = Envelope::Deliver {
+            ids: vec![1 << 32 | 7, 2 << 32 | 9],
+            need: 4,
+            msg: msg("@time=2026-01-01T00:00:00.000Z;msgid=x :a!b@c PRIVMSG #x :hello world"),
+            variant: None,
+        };
+        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn variant_and_kill_round_trip() {
+        let env = Envelope::Deliver {
+            ids: vec![5],
+            need: 0,
+            msg: msg(":a!b@c JOIN #x"),
+            variant: Some((128, msg(":a!b@c JOIN #x acct :Real Name"))),
+        };
+        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        let kill = Envelope::Kill {
+            id: 3 << 32 | 1,
+            reason: "Killed (op (bye))".into(),
+        };
+        assert_eq!(Envelope::decode(&kill.encode()).unwrap(), kill);
+    }
+
+    #[test]
+    fn a_kill_reason_cannot_inject_lines() {
+        let kill = Envelope::Kill {
+            id: 1,
+            reason: "a\r\nQUIT".into(),
+        };
+        match Envelope::decode(&kill.encode()).unwrap() {
+            Envelope::Kill { reason, .. } => assert!(!reason.contains('\n')),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors() {
+        for bad in [
+            &b""[..],
+            b"D",
+            b"D 1 - \n:a PRIVMSG #x :y",
+            b"D x - 1\n:a PRIVMSG #x :y",
+            b"D 1 2 1\n:a PRIVMSG #x :y",
+            b"K\nreason",
+            b"K 1 2\nreason",
+            b"Z 1\n",
+            b"\xff\xfe",
+            b"D 1 - 1\n",
+        ] {
+            assert!(Envelope::decode(bad).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..MAX_ENVELOPE_IDS + 1).map(|i| i.to_string()).collect();
+        let line = format!("D 0 - {}\n:a PRIVMSG #x :y", many.join(","));
+        assert_eq!(
+            Envelope::decode(line.as_bytes()),
+            Err(EnvelopeError::TooManyIds)
+        );
+    }
+
+    #[test]
+    fn large_deliveries_are_split() {
+        let env = Envelope::Deliver {
+            ids: (0..10_000).collect(),
+            need: 0,
+            msg: msg(":a PRIVMSG #x :y"),
+            variant: None,
+        };
+        let parts = split(env);
+        assert_eq!(parts.len(), 3);
+        let total: usize = parts
+            .iter()
+            .map(|e| match e {
+                Envelope::Deliver { ids, .. } => ids.len(),
+                Envelope::Kill { .. } => 0,
+            })
+            .sum();
+        assert_eq!(total, 10_000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = Envelope::decode(&bytes);
+        }
+    }
+}
