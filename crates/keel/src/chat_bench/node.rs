@@ -66,14 +66,15 @@ impl Node {
         Ok(())
     }
 
-    /// Starts the node again on the same port (SO_REUSEADDR lets it rebind at once).
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
+    /// Starts the node again on the same port (SO_REUSEADDR lets it rebind at once); see
+    /// [`Node::wait_listening`].
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
         self.child = spawn(self.index, self.addr, &self.spec, self.starts)?;
         self.starts += 1;
-        self.wait_listening().await
+        Ok(())
     }
 
-    async fn wait_listening(&mut self) -> anyhow::Result<()> {
+    pub async fn wait_listening(&mut self) -> anyhow::Result<()> {
         for _ in 0..400 {
             if TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());

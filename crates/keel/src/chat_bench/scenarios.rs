@@ -481,8 +481,12 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
         for node in nodes[1..].iter_mut() {
             node.kill().await?;
         }
+        // All at once, as an orchestrator restarting crashed replicas would.
         for node in nodes[1..].iter_mut() {
-            node.restart().await?;
+            node.respawn()?;
+        }
+        for node in nodes[1..].iter_mut() {
+            node.wait_listening().await?;
         }
     } else {
         eprintln!("keel bench chat: storm: cutting {registered} clients at once");
@@ -538,6 +542,7 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
     let failed = total(&loads, "failed_attempts") - failed_before;
     let hinted = total(&loads, "refused_with_hint") - hinted_before;
     let back = total(&loads, "registered");
+    let first_error = loads.iter().find_map(LoadProc::first_error);
     drop(loads);
     drop(nodes);
 
@@ -564,6 +569,7 @@ pub async fn storm(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario>
     .with("back_within_s", back_after.as_secs_f64())
     .with("failed_attempts", failed)
     .with("refused_with_hint", hinted)
+    .with("first_failure", first_error.unwrap_or_default())
     .with("nodes_crashed", crashed)
     .with("peak_rss_bytes_per_node", json!(peak))
     .with("stayers", stayers as u64)
