@@ -196,12 +196,29 @@ pub fn bind_listener(
     socket.listen(backlog.max(1))
 }
 
+/// Refused sockets being closed gracefully at once, at most (each for at most 2 s).
+const GOODBYES: usize = 1024;
+
+/// Writes the refusal, half-closes, and drains the peer's data so the close sends FIN, not RST.
+async fn goodbye(mut stream: TcpStream, line: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 512];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
 async fn accept_loop<E: ChatEngine>(
     shared: Arc<Shared<E>>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
 ) {
+    let goodbyes = Arc::new(tokio::sync::Semaphore::new(GOODBYES));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => return,
@@ -217,8 +234,22 @@ async fn accept_loop<E: ChatEngine>(
         let ticket = match shared.admit(peer.ip()).await {
             Ok(t) => t,
             Err(refusal) => {
-                // Cheap: one non-blocking write, then the socket is dropped.
-                let _ = stream.try_write(refusal.error_line().as_bytes());
+                let line = refusal.error_line();
+                match goodbyes.clone().try_acquire_owned() {
+                    // The ERROR line, then FIN, then what the client already sent is read
+                    // away: closing a socket with unread data sends RST, and a client that
+                    // sees "connection reset" never reads its retry hint.
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            goodbye(stream, line).await;
+                            drop(permit);
+                        });
+                    }
+                    // Too many goodbyes in flight: one non-blocking write, then drop.
+                    Err(_) => {
+                        let _ = stream.try_write(line.as_bytes());
+                    }
+                }
                 continue;
             }
         };
