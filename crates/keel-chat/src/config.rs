@@ -37,7 +37,8 @@ pub struct Limits {
     pub commands_per_sec: f64,
     /// Commands a client may send in a burst.
     pub command_burst: u32,
-    /// New connections per second accepted, all addresses together.
+    /// New connections per second admitted, all addresses together. Connections over the
+    /// rate are paced (they wait for a slot), not refused; see `accept_queue`.
     pub accepts_per_sec: f64,
     /// New connections per second accepted from one IP address.
     pub accepts_per_ip_per_sec: f64,
@@ -45,6 +46,14 @@ pub struct Limits {
     pub accept_burst: u32,
     /// Connections that have not finished registering, at most.
     pub max_unregistered: usize,
+    /// Connections waiting for an admission slot, at most; past it they are refused.
+    pub accept_queue: usize,
+    /// Longest wait for an admission slot, in seconds; a later slot means a refusal.
+    pub accept_wait_secs: f64,
+    /// Registrations running at once (engine calls of NICK/USER completion); 0: no limit.
+    pub registrations_in_flight: usize,
+    /// Of those, permits only clients authenticated with SASL may use (known accounts first).
+    pub registration_reserved: usize,
     /// Messages queued for a client before it is dropped with "SendQ exceeded".
     pub sendq: usize,
     /// Channels one client may be in.
@@ -58,10 +67,14 @@ impl Default for Limits {
         Self {
             commands_per_sec: 4.0,
             command_burst: 20,
-            accepts_per_sec: 500.0,
+            accepts_per_sec: 1000.0,
             accepts_per_ip_per_sec: 20.0,
             accept_burst: 200,
             max_unregistered: 5000,
+            accept_queue: 10_000,
+            accept_wait_secs: 10.0,
+            registrations_in_flight: 256,
+            registration_reserved: 64,
             sendq: 1024,
             max_channels: 50,
             monitor: 100,
@@ -87,6 +100,7 @@ struct FileConfig {
     limits: Option<Limits>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    listen_backlog: Option<u32>,
 }
 
 /// Everything the chat server needs to know.
@@ -109,6 +123,9 @@ pub struct Config {
     pub limits: Limits,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Length of the IRC listener's accept backlog (the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub listen_backlog: u32,
 }
 
 impl Default for Config {
@@ -128,6 +145,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls_cert: None,
             tls_key: None,
+            listen_backlog: 4096,
         }
     }
 }
@@ -172,6 +190,7 @@ impl Config {
             limits: file.limits.unwrap_or_default(),
             tls_cert: file.tls_cert,
             tls_key: file.tls_key,
+            listen_backlog: file.listen_backlog.unwrap_or(d.listen_backlog),
         })
     }
 
@@ -197,12 +216,14 @@ network = "Example"
 motd = "line one\nline two"
 ping_interval = "10s"
 ping_timeout = "20s"
+listen_backlog = 1024
 [[operators]]
 name = "root"
 password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"
 [limits]
 commands_per_sec = 0.0
 sendq = 64
+accept_queue = 7
 "#;
         let c = Config::from_toml(text, Path::new("x.toml")).unwrap();
         assert_eq!(c.server_name, "irc.example");
@@ -211,6 +232,10 @@ sendq = 64
         assert_eq!(c.operators.len(), 1);
         assert_eq!(c.limits.sendq, 64);
         assert_eq!(c.limits.command_burst, 20);
+        assert_eq!(c.limits.accept_queue, 7);
+        assert_eq!(c.limits.registration_reserved, 64);
+        assert_eq!(c.listen_backlog, 1024);
+        assert_eq!(Config::default().listen_backlog, 4096);
     }
 
     #[test]

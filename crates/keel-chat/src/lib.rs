@@ -4,11 +4,13 @@
 //! Modelled on mini-redis: the wire format is pure functions ([`keel_irc_proto`]), one task per
 //! connection ([`conn`]), one shutdown signal ([`keel_core::Shutdown`]).
 
+pub mod admission;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engine;
+pub mod reconnect;
 pub mod server;
 pub mod session;
 pub mod shared;
@@ -17,5 +19,5 @@ pub mod ws;
 
 pub use config::{Config, ConfigError, Limits, Operator};
 pub use engine::{ChatEngine, MemoryEngine, RedisEngine};
-pub use server::{ChatServer, RedisRelay, ServerError};
+pub use server::{bind_listener, ChatServer, RedisRelay, ServerError};
 pub use session::{hash_password, verify_password};

@@ -10,8 +10,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use keel_core::{Readiness, Shutdown};
-use rand::Rng;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -175,11 +174,42 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcce
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A refusal with a retry hint; the hint is jittered upwards so refused clients spread out.
-fn refusal(reason: &str, wait: std::time::Duration) -> String {
-    let base = wait.as_secs_f64().max(1.0);
-    let secs = (base * rand::rng().random_range(1.0..1.5)).ceil() as u64;
-    format!("ERROR :Closing Link: {reason}; try again in {secs} seconds\r\n")
+/// Binds a TCP listener the way a storm needs it: `SO_REUSEADDR` (a restarted node rebinds
+/// at once), `SO_REUSEPORT` when asked (several processes share one port and the kernel
+/// spreads connections over them), and an explicit accept `backlog` (the kernel caps it at
+/// `net.core.somaxconn`).
+pub fn bind_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
+
+/// Refused sockets being closed gracefully at once, at most (each for at most 2 s).
+const GOODBYES: usize = 1024;
+
+/// Writes the refusal, half-closes, and drains the peer's data so the close sends FIN, not RST.
+async fn goodbye(mut stream: TcpStream, line: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 512];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 async fn accept_loop<E: ChatEngine>(
@@ -188,6 +218,7 @@ async fn accept_loop<E: ChatEngine>(
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
 ) {
+    let goodbyes = Arc::new(tokio::sync::Semaphore::new(GOODBYES));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => return,
@@ -200,23 +231,52 @@ async fn accept_loop<E: ChatEngine>(
                 }
             },
         };
-        if let Err((reason, wait)) = shared.admit(peer.ip()).await {
-            metrics::counter!("keel_chat_refused_total").increment(1);
-            // Cheap: one non-blocking write, then the socket is dropped.
-            let _ = stream.try_write(refusal(reason, wait).as_bytes());
-            continue;
-        }
+        let ticket = match shared.admit(peer.ip()).await {
+            Ok(t) => t,
+            Err(refusal) => {
+                let line = refusal.error_line();
+                match goodbyes.clone().try_acquire_owned() {
+                    // The ERROR line, then FIN, then what the client already sent is read
+                    // away: closing a socket with unread data sends RST, and a client that
+                    // sees "connection reset" never reads its retry hint.
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            goodbye(stream, line).await;
+                            drop(permit);
+                        });
+                    }
+                    // Too many goodbyes in flight: one non-blocking write, then drop.
+                    Err(_) => {
+                        let _ = stream.try_write(line.as_bytes());
+                    }
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         // Separate tasks for TCP and TLS: an idle plain connection's task is sized for
         // plain TCP only.
-        match tls.clone() {
-            None => {
+        match (tls.clone(), ticket) {
+            (None, None) => {
                 tokio::spawn(serve_tcp(shared, stream, peer, shutdown));
             }
-            Some(acceptor) => {
+            (Some(acceptor), None) => {
                 tokio::spawn(serve_tls(shared, acceptor, stream, peer, shutdown));
+            }
+            // Paced: the task holds only its socket until its slot comes.
+            (tls, Some(ticket)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = ticket.ready() => {}
+                    }
+                    match tls {
+                        None => serve_tcp(shared, stream, peer, shutdown).await,
+                        Some(acceptor) => serve_tls(shared, acceptor, stream, peer, shutdown).await,
+                    }
+                });
             }
         }
     }
@@ -287,18 +347,23 @@ async fn ws_upgrade<E: ChatEngine>(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if let Err((reason, wait)) = state.shared.admit(peer.ip()).await {
-        metrics::counter!("keel_chat_refused_total").increment(1);
-        let text = refusal(reason, wait);
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(
-                axum::http::header::RETRY_AFTER,
-                format!("{}", wait.as_secs().max(1)),
-            )],
-            text,
-        )
-            .into_response();
+    match state.shared.admit(peer.ip()).await {
+        Ok(None) => {}
+        // Paced: the HTTP request waits for its slot before the upgrade.
+        Ok(Some(ticket)) => ticket.ready().await,
+        Err(refusal) => {
+            let secs = refusal.hint_secs();
+            let text = format!(
+                "ERROR :Closing Link: {}; try again in {secs} seconds\r\n",
+                refusal.reason
+            );
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(axum::http::header::RETRY_AFTER, secs.to_string())],
+                text,
+            )
+                .into_response();
+        }
     }
     upgrade
         .protocols(PROTOCOLS)

@@ -531,6 +531,15 @@ impl<E: ChatEngine> Session<E> {
             self.quit = Some(s("Bad password"));
             return;
         }
+        // Admission on registration (storms): bounded registrations in flight, known
+        // accounts first. The permit is held while the engine registers the client.
+        let _permit = match self.shared.registration.enter(self.account.is_some()).await {
+            Ok(p) => p,
+            Err(refusal) => {
+                self.quit = Some(refusal.message());
+                return;
+            }
+        };
         let info = ClientInfo {
             id: self.id,
             nick: nick.clone(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use keel_limit::{Algorithm, Limit, LimitSpec, Limiter};
 
+use crate::admission::{Pace, Pacer, Refusal, RegistrationGate, Ticket};
 use crate::client::Hub;
 use crate::config::Config;
 use crate::engine::{client_id, ChatEngine, ClientId, NodeId};
@@ -57,7 +58,10 @@ pub struct Shared<E> {
     pending_departures: parking_lot::Mutex<Vec<(ClientId, String)>>,
     pub unregistered: AtomicUsize,
     limiter: Limiter,
-    accept_global: Option<Limit>,
+    /// Paces new connections (global accept rate); see [`crate::admission`].
+    pub pacer: Option<Pacer>,
+    /// Registrations in flight, known accounts first.
+    pub registration: RegistrationGate,
     accept_ip: Option<Limit>,
     commands: Option<Limit>,
 }
@@ -65,7 +69,17 @@ pub struct Shared<E> {
 impl<E: ChatEngine> Shared<E> {
     pub fn new(config: Config, engine: E, node: NodeId) -> Self {
         let l = &config.limits;
-        let accept_global = rate_limit("chat_accept", l.accepts_per_sec, l.accept_burst);
+        let pacer = Pacer::new(
+            l.accepts_per_sec,
+            l.accept_burst,
+            l.accept_queue,
+            Duration::from_secs_f64(l.accept_wait_secs.clamp(0.0, 3600.0)),
+        );
+        let registration = RegistrationGate::new(
+            l.registrations_in_flight,
+            l.registration_reserved,
+            config.registration_timeout,
+        );
         let accept_ip = rate_limit(
             "chat_accept_ip",
             l.accepts_per_ip_per_sec,
@@ -86,7 +100,8 @@ impl<E: ChatEngine> Shared<E> {
             pending_departures: parking_lot::Mutex::new(Vec::new()),
             unregistered: AtomicUsize::new(0),
             limiter: Limiter::memory(),
-            accept_global,
+            pacer,
+            registration,
             accept_ip,
             commands,
         }
@@ -154,41 +169,58 @@ impl<E: ChatEngine> Shared<E> {
         }
     }
 
-    /// Admission on accept: `Err(reason, retry hint)` when the connection must be refused.
-    pub async fn admit(&self, ip: IpAddr) -> Result<(), (&'static str, Duration)> {
+    /// Admission on accept. `Ok(None)`: admit now; `Ok(Some(ticket))`: admit when the
+    /// ticket is ready (paced); `Err`: refuse with a retry hint. Never waits itself.
+    pub async fn admit(&self, ip: IpAddr) -> Result<Option<Ticket>, Refusal> {
+        let r = self.admit_inner(ip).await;
+        match &r {
+            Ok(None) => metrics::counter!("keel_chat_admitted_total", "how" => "now").increment(1),
+            Ok(Some(_)) => {
+                metrics::counter!("keel_chat_admitted_total", "how" => "paced").increment(1)
+            }
+            Err(refusal) => {
+                metrics::counter!("keel_chat_refused_total", "reason" => refusal.kind).increment(1)
+            }
+        }
+        if let Some(p) = &self.pacer {
+            metrics::gauge!("keel_chat_accept_waiting").set(p.waiting() as f64);
+        }
+        r
+    }
+
+    async fn admit_inner(&self, ip: IpAddr) -> Result<Option<Ticket>, Refusal> {
         let limits = &self.config.limits;
         if limits.max_unregistered > 0
             && self.unregistered.load(Ordering::Relaxed) >= limits.max_unregistered
         {
-            return Err(("Too many unregistered connections", Duration::from_secs(5)));
+            return Err(Refusal::new(
+                "unregistered",
+                "Too many unregistered connections",
+                Duration::from_secs(5),
+            ));
         }
-        let ip_key = ip.to_string();
-        let mut checks: Vec<(&Limit, &str, u64)> = Vec::with_capacity(2);
-        if let Some(l) = &self.accept_global {
-            checks.push((l, "all", 1));
-        }
+        // One address over its own rate is refused (that is abuse, not a storm) ...
         if let Some(l) = &self.accept_ip {
-            checks.push((l, ip_key.as_str(), 1));
-        }
-        if checks.is_empty() {
-            return Ok(());
-        }
-        match self.limiter.check_all(&checks).await {
-            Ok(r) if r.allowed => Ok(()),
-            Ok(r) => {
-                let wait = Duration::from_micros(r.decision.retry_after_us);
-                let ip_denied =
-                    r.decisions.last().is_some_and(|d| !d.allowed) && self.accept_ip.is_some();
-                Err(if ip_denied {
-                    ("Too many connections from your address", wait)
-                } else {
-                    ("Server is busy", wait)
-                })
+            match self.limiter.check(l, &ip.to_string(), 1).await {
+                Ok(r) if !r.allowed => {
+                    return Err(Refusal::new(
+                        "ip",
+                        "Too many connections from your address",
+                        Duration::from_micros(r.decision.retry_after_us),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "admission check failed; admitting"),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "admission check failed; admitting");
-                Ok(())
-            }
+        }
+        // ... while everyone together over the global rate is paced.
+        match &self.pacer {
+            None => Ok(None),
+            Some(p) => match p.reserve(tokio::time::Instant::now()) {
+                Pace::Now => Ok(None),
+                Pace::At(ticket) => Ok(Some(ticket)),
+                Pace::Refuse(r) => Err(r),
+            },
         }
     }
 

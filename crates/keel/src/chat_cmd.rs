@@ -50,6 +50,14 @@ pub struct ChatServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "KEEL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Set SO_REUSEPORT on the IRC listener, so several `keel chat serve` processes share
+    /// one port (the kernel spreads connections over them). `--reuse-port false` turns it off.
+    #[arg(long, env = "KEEL_REUSE_PORT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reuse_port: bool,
+    /// Accept backlog of the IRC listener [default: 4096, or the config file's
+    /// `listen_backlog`; the kernel caps it at net.core.somaxconn].
+    #[arg(long, env = "KEEL_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
     /// How long a node's clients outlive its last heartbeat (Redis engine): a node that dies
     /// takes its users with it within this time [default: 30s].
     #[arg(long, env = "KEEL_PRESENCE_TTL", value_parser = keel_core::parse_duration)]
@@ -82,6 +90,9 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
     if let Some(v) = &args.server_name {
         config.server_name = v.clone();
     }
+    if let Some(v) = args.listen_backlog {
+        config.listen_backlog = v;
+    }
     if let Some(v) = args.presence_ttl {
         config.presence_ttl = v;
     }
@@ -94,8 +105,7 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
 
 async fn serve(args: ChatServeArgs) -> anyhow::Result<ExitCode> {
     let config = build_config(&args)?;
-    let irc = tokio::net::TcpListener::bind(args.irc_listen)
-        .await
+    let irc = keel_chat::bind_listener(args.irc_listen, config.listen_backlog, args.reuse_port)
         .with_context(|| format!("binding IRC listener {}", args.irc_listen))?;
     let http = tokio::net::TcpListener::bind(args.http_listen)
         .await

@@ -55,8 +55,12 @@ pub enum BenchCommand {
     Limit(crate::limit_cmd::LimitBenchArgs),
     /// No-op jobs end to end against the naive BLMOVE/LREM reliable queue.
     Jobs(crate::bench_jobs::BenchJobsArgs),
-    /// Resident memory per idle registered chat connection, beside ngircd.
+    /// Chat at scale: idle connections (memory per connection, beside ngircd), fan-out
+    /// delivery, reconnect storm; nodes and load processes are child processes.
     Chat(crate::chat_bench::ChatBenchArgs),
+    /// A load process of `keel bench chat` (driven over stdin/stdout).
+    #[command(hide = true)]
+    ChatLoad(crate::chat_bench::ChatLoadArgs),
 }
 
 /// Where a role keeps its state.
@@ -132,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => crate::jobs_cmd::worker(args).await,
         Command::Job(args) => crate::jobs_cmd::job(args).await,
         Command::Bench(BenchCommand::Chat(args)) => crate::chat_bench::bench(args).await,
+        Command::Bench(BenchCommand::ChatLoad(args)) => crate::chat_bench::chat_load(args).await,
     }
 }
 
