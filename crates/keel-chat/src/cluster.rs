@@ -11,10 +11,13 @@
 //! - While the store is unreachable the node is *degraded*: local connections stay up and are
 //!   told so; commands that need the network state are refused with
 //!   `FAIL <cmd> TEMPORARILY_UNAVAILABLE` (nothing is queued, so nothing arrives late or out of
-//!   order); deliveries to other nodes are dropped and counted. When the store answers again
+//!   order). A delivery no node received (PUBLISH counts 0 subscribers, as while a node
+//!   resubscribes after a Redis restart) or whose PUBLISH failed is retried in order for
+//!   [`RELAY_RETRY_FOR`], then dropped and counted. When the store answers again
 //!   the node heartbeats at once; clients the store no longer knows (state lost) are
 //!   disconnected with a reconnect hint so that their clients register again.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +34,19 @@ use crate::util::{format_time, unix_ms};
 pub const MAX_ENVELOPE_IDS: usize = 4096;
 /// Deliveries waiting for the relay; past this they are dropped and counted.
 pub const OUTBOX_CAPACITY: usize = 65_536;
+/// How long a delivery to a node that is not subscribed (resubscribing, or dead) is retried.
+pub const RELAY_RETRY_FOR: Duration = Duration::from_secs(10);
+/// Deliveries held for retry, at most.
+pub const RELAY_RETRY_MAX: usize = 65_536;
+const RELAY_RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// A delivery on its way to another node.
+struct Pending {
+    first: tokio::time::Instant,
+    node: NodeId,
+    payload: Vec<u8>,
+}
+
 /// Expired clients unregistered per reaper pass.
 const REAP_BATCH: usize = 512;
 
@@ -345,38 +361,72 @@ pub async fn run_relay<E: ChatEngine>(
 
     let mut conn = handle.connection();
     let mut batch: Vec<(NodeId, Envelope)> = Vec::with_capacity(256);
+    // Deliveries no node received (PUBLISH counted 0 subscribers: the node is resubscribing
+    // after a Redis restart, or dead) or whose PUBLISH failed: retried in order for
+    // RELAY_RETRY_FOR, then dropped and counted. Bounded by RELAY_RETRY_MAX.
+    let mut retry: VecDeque<Pending> = VecDeque::new();
     loop {
         batch.clear();
-        let n = tokio::select! {
+        let got = tokio::select! {
             _ = shutdown.wait() => break,
-            n = outbox.recv_many(&mut batch, 256) => n,
+            n = outbox.recv_many(&mut batch, 256) => Some(n),
+            _ = tokio::time::sleep(RELAY_RETRY_EVERY), if !retry.is_empty() => None,
         };
-        if n == 0 {
-            break;
+        if got == Some(0) {
+            break; // the hub is gone
         }
-        let mut pipe = redis::pipe();
-        let mut count = 0u64;
+        let now = tokio::time::Instant::now();
+        let mut items: Vec<Pending> = Vec::with_capacity(retry.len() + batch.len());
+        for p in retry.drain(..) {
+            if now.duration_since(p.first) < RELAY_RETRY_FOR {
+                items.push(p);
+            } else {
+                metrics::counter!("keel_chat_relay_dropped_total").increment(1);
+            }
+        }
         for (node, env) in batch.drain(..) {
             for env in split(env) {
-                pipe.publish(node_channel(&prefix, node), env.encode())
-                    .ignore();
-                count += 1;
+                items.push(Pending {
+                    first: now,
+                    node,
+                    payload: env.encode(),
+                });
             }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for p in &items {
+            pipe.publish(node_channel(&prefix, p.node), &p.payload);
         }
         let sent = handle
             .with_timeout(async {
-                pipe.query_async::<()>(&mut conn)
+                pipe.query_async::<Vec<i64>>(&mut conn)
                     .await
                     .map_err(keel_redis::RedisError::from)
             })
             .await;
-        match sent {
-            Ok(()) => metrics::counter!("keel_chat_relay_out_total").increment(count),
+        let receivers = match sent {
+            Ok(r) if r.len() == items.len() => r,
+            Ok(_) => vec![0; items.len()],
             Err(e) => {
-                metrics::counter!("keel_chat_relay_dropped_total").increment(count);
-                tracing::debug!(error = %e, "relay publish failed; deliveries dropped");
+                tracing::debug!(error = %e, "relay publish failed; retrying");
+                vec![0; items.len()]
+            }
+        };
+        let mut delivered = 0u64;
+        for (p, n) in items.into_iter().zip(receivers) {
+            if n > 0 {
+                delivered += 1;
+            } else if retry.len() < RELAY_RETRY_MAX {
+                retry.push_back(p);
+            } else {
+                metrics::counter!("keel_chat_relay_dropped_total").increment(1);
             }
         }
+        metrics::counter!("keel_chat_relay_out_total").increment(delivered);
+        metrics::gauge!("keel_chat_relay_retrying").set(retry.len() as f64);
     }
     subscriber.abort();
 }
