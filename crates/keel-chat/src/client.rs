@@ -605,7 +605,7 @@ mod tests {
                 assert_eq!(&*out.line(caps), crate::conn::render(caps, &msg).as_str(), "caps {caps:#x}");
             }
         }
-        assert_eq!(&*out.line(0), ":a!b@c PRIVMSG #x :hi");
+        assert_eq!(&*out.line(0), ":a!b@c PRIVMSG #x hi");
     }
 
     fn handle(id: ClientId) -> (Arc<ClientHandle>, mpsc::Receiver<Arc<Outgoing>>) {
@@ -639,7 +639,7 @@ mod tests {
         let msg = Arc::new(Message::parse(b":a!b@c PRIVMSG #x :hi").expect("parse"));
         hub.deliver_channel("#x", 1, &msg, 0);
         assert!(drain(&mut ra).is_empty(), "the sender is skipped");
-        assert_eq!(drain(&mut rb), vec![":a!b@c PRIVMSG #x :hi".to_owned()]);
+        assert_eq!(drain(&mut rb), vec![":a!b@c PRIVMSG #x hi".to_owned()]);
         assert!(drain(&mut rc).is_empty(), "not a member");
         hub.receive(Envelope::Channel {
             origin: 9,

@@ -4,6 +4,12 @@
 //! - Every [`ClientId`] carries its node's number, so a delivery to a client that is not
 //!   connected here becomes an [`Envelope`] published on that node's pub/sub channel: one
 //!   subscription per node, not per client ([`run_relay`]).
+//! - A channel delivery (PRIVMSG, NOTICE, TAGMSG, JOIN) is not routed by member ids: the
+//!   engine only checks permission, and one [`Envelope::Channel`] is published on the
+//!   all-nodes channel ([`all_channel`]); each node delivers it to its own members from its
+//!   channel index ([`crate::index`]). Per message the store returns no member list and the
+//!   relay carries one envelope, whatever the channel's size. Other nodes' deliveries are
+//!   not retried individually: PUBLISH counts this node's own subscription too.
 //! - Each node heartbeats its record and its clients' presence ([`run_liveness`]); a node that
 //!   stops (SIGKILL) lets both lapse, and the one surviving node holding the `reaper` lock
 //!   unregisters its clients, which tells their channel peers (QUIT) and MONITOR watchers
@@ -318,8 +324,19 @@ fn dest_channel(prefix: &str, dest: Dest) -> String {
 /// leaving the rest as it was, if the store goes away again.
 pub async fn resync_index<E: ChatEngine>(shared: &Shared<E>) {
     let ids = shared.hub.registered_ids();
-    let mut done = 0usize;
-    for id in ids {
+    if resync_clients(shared, &ids).await {
+        metrics::counter!("keel_chat_index_resyncs_total").increment(1);
+        tracing::info!(
+            clients = ids.len(),
+            "channel index resynchronised with the store"
+        );
+    }
+}
+
+/// Sets the index entries of `ids` (local clients) to their channels in the store; false
+/// when the store went away before all were done (those left are asked again later).
+async fn resync_clients<E: ChatEngine>(shared: &Shared<E>, ids: &[ClientId]) -> bool {
+    for (i, &id) in ids.iter().enumerate() {
         let chans: Vec<String> = shared
             .engine
             .channels_of(id)
@@ -328,14 +345,18 @@ pub async fn resync_index<E: ChatEngine>(shared: &Shared<E>) {
             .map(|c| keel_irc_proto::casefold(c))
             .collect();
         if !shared.engine.available() {
-            tracing::warn!(done, "channel index resync stopped: the store went away");
-            return;
+            tracing::warn!(
+                done = i,
+                "channel index resync stopped: the store went away"
+            );
+            for &id in &ids[i..] {
+                shared.recheck_index(id);
+            }
+            return false;
         }
         shared.hub.index_set_client(id, &chans);
-        done += 1;
     }
-    metrics::counter!("keel_chat_index_resyncs_total").increment(1);
-    tracing::info!(clients = done, "channel index resynchronised with the store");
+    true
 }
 
 /// Tells the peers (QUIT) and MONITOR watchers (731) of a client that left the network.
@@ -412,6 +433,11 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
                 shared.set_store_ok(false);
                 continue;
             }
+        }
+        // Index entries a JOIN or PART without an answer may have left wrong.
+        let recheck = shared.take_index_rechecks();
+        if !recheck.is_empty() {
+            resync_clients(&shared, &recheck).await;
         }
         // Departures the store missed while it was away.
         let pending = shared.take_pending_departures();
@@ -725,7 +751,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Envelope::Deliver { ids, .. } => ids.len(),
-                Envelope::Kill { .. } => 0,
+                _ => 0,
             })
             .sum();
         assert_eq!(total, 10_000);

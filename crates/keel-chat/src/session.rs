@@ -949,6 +949,8 @@ impl<E: ChatEngine> Session<E> {
                         }
                         EngineError::UserOnChannel => continue,
                         EngineError::Unavailable(_) => {
+                            // The store may have applied it after we stopped waiting.
+                            self.shared.recheck_index(self.id);
                             self.temporarily_unavailable("JOIN");
                             continue;
                         }
@@ -993,6 +995,10 @@ impl<E: ChatEngine> Session<E> {
                     "442",
                     vec![chan.to_owned(), s("You're not on that channel")],
                 );
+            }
+            Err(EngineError::Unavailable(_)) => {
+                self.shared.recheck_index(self.id);
+                self.num("403", vec![chan.to_owned(), s("No such channel")]);
             }
             Err(_) => self.num("403", vec![chan.to_owned(), s("No such channel")]),
         }

@@ -385,6 +385,7 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
             .with("deliveries_expected", expected)
             .with("deliveries_missing", expected.saturating_sub(deliveries))
             .with("max_us", hist.max())
+            .with("last_delivery_us_per_message", json!(fan_max))
             .with(
                 "mean_last_delivery_us",
                 (busy.as_micros() as u64) / (fan_max.len().max(1) as u64),
