@@ -579,7 +579,13 @@ mod tests {
         assert_eq!(tag_class(cap::MESSAGE_TAGS), 1);
         assert_eq!(tag_class(cap::SERVER_TIME | cap::ECHO_MESSAGE), 2);
         assert_eq!(
-            tag_class(cap::MESSAGE_TAGS | cap::SERVER_TIME | cap::ACCOUNT_TAG | cap::BATCH | cap::LABELED_RESPONSE),
+            tag_class(
+                cap::MESSAGE_TAGS
+                    | cap::SERVER_TIME
+                    | cap::ACCOUNT_TAG
+                    | cap::BATCH
+                    | cap::LABELED_RESPONSE
+            ),
             31
         );
     }
@@ -588,8 +594,10 @@ mod tests {
     #[test]
     fn shared_rendering_equals_rendering_per_recipient() {
         let msg = Arc::new(
-            Message::parse(b"@time=2026-01-01T00:00:00.000Z;msgid=m1;account=acc;+x=y :a!b@c PRIVMSG #x :hi")
-                .expect("parse"),
+            Message::parse(
+                b"@time=2026-01-01T00:00:00.000Z;msgid=m1;account=acc;+x=y :a!b@c PRIVMSG #x :hi",
+            )
+            .expect("parse"),
         );
         let out = Outgoing::new(msg.clone());
         for caps in [
@@ -602,7 +610,11 @@ mod tests {
         ] {
             // Twice: the second answer comes from the cache.
             for _ in 0..2 {
-                assert_eq!(&*out.line(caps), crate::conn::render(caps, &msg).as_str(), "caps {caps:#x}");
+                assert_eq!(
+                    &*out.line(caps),
+                    crate::conn::render(caps, &msg).as_str(),
+                    "caps {caps:#x}"
+                );
             }
         }
         assert_eq!(&*out.line(0), ":a!b@c PRIVMSG #x hi");
@@ -670,7 +682,10 @@ mod tests {
         hub.index_leave("#y", 2);
         let _ = drain(&mut rc);
         hub.remove(3);
-        assert!(hub.index_channels_of(3).is_empty(), "a closed connection leaves the index");
+        assert!(
+            hub.index_channels_of(3).is_empty(),
+            "a closed connection leaves the index"
+        );
         assert_eq!(hub.index_count("#y"), 0);
     }
 

@@ -155,7 +155,10 @@ mod tests {
         ix.join("#kept", 7);
         ix.join("#kept", 8);
         ix.set_client(7, &["#kept".to_owned(), "#new".to_owned()]);
-        assert_eq!(ix.channels_of(7), vec!["#kept".to_owned(), "#new".to_owned()]);
+        assert_eq!(
+            ix.channels_of(7),
+            vec!["#kept".to_owned(), "#new".to_owned()]
+        );
         assert_eq!(ix.count("#old"), 0);
         assert_eq!(sorted(ix.members("#kept")), vec![7, 8]);
         ix.set_client(7, &[]);

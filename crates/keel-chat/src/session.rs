@@ -924,9 +924,12 @@ impl<E: ChatEngine> Session<E> {
                             let away = Arc::new(
                                 self.msg_from_me("AWAY", vec![me.away.unwrap_or_default()]),
                             );
-                            self.shared
-                                .hub
-                                .deliver_channel(&fold, self.id, &away, cap::AWAY_NOTIFY);
+                            self.shared.hub.deliver_channel(
+                                &fold,
+                                self.id,
+                                &away,
+                                cap::AWAY_NOTIFY,
+                            );
                         }
                     }
                     if let Some(t) = &joined.topic {
@@ -979,9 +982,7 @@ impl<E: ChatEngine> Session<E> {
         };
         match self.shared.engine.part(chan, self.id).await {
             Ok(members) => {
-                self.shared
-                    .hub
-                    .index_leave(&casefold(chan), self.id);
+                self.shared.hub.index_leave(&casefold(chan), self.id);
                 let mut p = vec![name];
                 p.extend(reason);
                 let m = Arc::new(self.msg_from_me("PART", p));
@@ -1319,9 +1320,7 @@ impl<E: ChatEngine> Session<E> {
                 let m = Arc::new(self.msg_from_me("KICK", vec![info.name, target.nick, reason]));
                 self.deliver(&members, &m, 0, true);
                 // After the KICK itself, so that a remote target's node hears both in order.
-                self.shared
-                    .hub
-                    .index_leave(&casefold(&chan), target.id);
+                self.shared.hub.index_leave(&casefold(&chan), target.id);
             }
             Err(EngineError::ChanOpNeeded) => {
                 self.num("482", vec![info.name, s("You're not channel operator")]);

@@ -353,8 +353,8 @@ async fn a_remote_kick_and_no_membership_keep_the_channel_index_right() {
         .expect(|l| l.starts_with(":bob!") && l.contains(" JOIN "))
         .await;
 
-    alice.send("PRIVMSG #k :before").await;
-    bob.expect(|l| l.contains("PRIVMSG #k :before")).await;
+    alice.send("PRIVMSG #k :before kick").await;
+    bob.expect(|l| l.contains("PRIVMSG #k :before kick")).await;
     let not_membership = |l: &str| {
         assert!(
             !(l.starts_with(":bob!") && (l.contains(" JOIN ") || l.contains(" PART "))),
@@ -363,7 +363,7 @@ async fn a_remote_kick_and_no_membership_keep_the_channel_index_right() {
     };
     eve.expect(|l| {
         not_membership(l);
-        l.contains("PRIVMSG #k :before")
+        l.contains("PRIVMSG #k :before kick")
     })
     .await;
 
@@ -374,32 +374,36 @@ async fn a_remote_kick_and_no_membership_keep_the_channel_index_right() {
         l.contains(" KICK #k bob")
     })
     .await;
-    alice.send("PRIVMSG #k :after").await;
+    alice.send("PRIVMSG #k :after kick").await;
     eve.expect(|l| {
         not_membership(l);
-        l.contains("PRIVMSG #k :after")
+        l.contains("PRIVMSG #k :after kick")
     })
     .await;
     // Node b delivered "after" to its index at once (eve has it): had bob still been in it,
     // his copy would be in his queue before this direct message from eve, on the same node.
-    eve.send("PRIVMSG bob :marker").await;
+    eve.send("PRIVMSG bob :marker one").await;
     let next = bob.expect(|l| l.contains(" PRIVMSG ")).await;
-    assert!(next.ends_with(":marker"), "bob was kicked, yet got: {next}");
+    assert!(
+        next.ends_with(":marker one"),
+        "bob was kicked, yet got: {next}"
+    );
 
     // Rejoining puts him back; a PART takes him out again, and eve never hears of either.
     bob.send("JOIN #k").await;
     bob.expect(|l| l.contains(" 366 ")).await;
-    alice.send("PRIVMSG #k :again").await;
-    bob.expect(|l| l.contains("PRIVMSG #k :again")).await;
+    alice.send("PRIVMSG #k :once again").await;
+    bob.expect(|l| l.contains("PRIVMSG #k :once again")).await;
     bob.send("PART #k").await;
-    bob.expect(|l| l.starts_with(":bob!") && l.contains(" PART #k")).await;
-    alice.send("PRIVMSG #k :gone").await;
+    bob.expect(|l| l.starts_with(":bob!") && l.contains(" PART #k"))
+        .await;
+    alice.send("PRIVMSG #k :all gone").await;
     eve.expect(|l| {
         not_membership(l);
-        l.contains("PRIVMSG #k :gone")
+        l.contains("PRIVMSG #k :all gone")
     })
     .await;
-    eve.send("PRIVMSG bob :marker2").await;
+    eve.send("PRIVMSG bob :marker two").await;
     let next = bob.expect(|l| l.contains(" PRIVMSG ")).await;
-    assert!(next.ends_with(":marker2"), "bob parted, yet got: {next}");
+    assert!(next.ends_with(":marker two"), "bob parted, yet got: {next}");
 }

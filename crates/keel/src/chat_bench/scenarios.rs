@@ -295,7 +295,8 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
         &mut loads,
         "joined",
         registered,
-        Duration::from_secs(20) + Duration::from_secs_f64(registered as f64 / args.fanout_join_rate.max(1.0)),
+        Duration::from_secs(20)
+            + Duration::from_secs_f64(registered as f64 / args.fanout_join_rate.max(1.0)),
     )
     .await?;
     wait_quiet(&loads, Duration::from_secs(1), Duration::from_secs(600)).await;
@@ -307,7 +308,9 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
     let disconnects = total(&loads, "disconnects");
     if disconnects > 0 {
         let why = loads.iter().find_map(|l| {
-            l.status.lock()["first_disconnect"].as_str().map(str::to_owned)
+            l.status.lock()["first_disconnect"]
+                .as_str()
+                .map(str::to_owned)
         });
         eprintln!(
             "keel bench chat: {disconnects} member connection(s) ended while joining (first: {})",
@@ -373,7 +376,10 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
             .with("member_disconnects", disconnects)
             .with("join_phase_ms", join_elapsed.as_millis() as u64)
             .with("join_rate_per_sec", args.fanout_join_rate)
-            .with("message_spacing_ms", args.fanout_interval.as_millis() as u64)
+            .with(
+                "message_spacing_ms",
+                args.fanout_interval.as_millis() as u64,
+            )
             .with(
                 "messages_overlapping_next",
                 fan_max
