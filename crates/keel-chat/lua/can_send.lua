@@ -1,5 +1,5 @@
--- Checks that a client may speak in a channel (+n, +b unless op or voice); returns the
--- members. ARGV: id, folded name
+-- Checks that a client may speak in a channel (+n, +b unless op or voice). Permission only:
+-- each node delivers from its own index of local members. ARGV: id, folded name
 local id, fold = ARGV[1], ARGV[2]
 local ck = B .. 'ch:' .. fold
 if redis.call('EXISTS', ck) == 0 then
@@ -15,4 +15,4 @@ if not (has_flag(p, 'o') or has_flag(p, 'v')) then
     return {'CannotSend'}
   end
 end
-return {'OK', member_list(fold)}
+return {'OK'}

@@ -46,7 +46,7 @@ redis.call('HSET', mk, id, flags)
 redis.call('SADD', B .. 'cc:' .. id, fold)
 local n = 0
 if created then n = 1 end
--- Member ids only (the JOIN's audience), not their records: a join into a channel of N
--- members costs N ids, not N client hashes.
+-- The member count only: each node tells its own local members from its channel index, so a
+-- join into a channel of N members costs O(1) here, not N ids.
 local t = redis.call('HMGET', ck, 'name', 'topic', 'tby', 'tat')
-return {'OK', n, {t[1] or ARGV[3], t[2] or '', t[3] or '', t[4] or '0'}, redis.call('HKEYS', mk)}
+return {'OK', n, {t[1] or ARGV[3], t[2] or '', t[3] or '', t[4] or '0'}, redis.call('HLEN', mk)}

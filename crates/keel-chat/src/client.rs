@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Envelope;
 use crate::engine::{node_of, ClientId, NodeId};
+use crate::index::ChannelIndex;
 
 /// IRCv3 capabilities, as bits.
 pub mod cap {
@@ -33,6 +34,10 @@ pub mod cap {
     pub const ACCOUNT_REGISTRATION: u32 = 1 << 16;
     pub const EXTENDED_MONITOR: u32 = 1 << 17;
     pub const NO_IMPLICIT_NAMES: u32 = 1 << 18;
+    /// Keel's own, opt-out: no JOIN, PART or QUIT of other users (a client of a very large
+    /// channel that does not track its members: a JOIN goes to every member, so N members
+    /// joining cost N² lines without it). KICKs and everything else still arrive.
+    pub const NO_MEMBERSHIP: u32 = 1 << 19;
 
     /// Name, bit, and the value shown in `CAP LS 302`.
     pub const ALL: &[(&str, u32, &str)] = &[
@@ -59,6 +64,7 @@ pub mod cap {
         ),
         ("extended-monitor", EXTENDED_MONITOR, ""),
         ("draft/no-implicit-names", NO_IMPLICIT_NAMES, ""),
+        ("keel.dev/no-membership", NO_MEMBERSHIP, ""),
     ];
 
     /// The bit of a capability name.
@@ -67,11 +73,58 @@ pub mod cap {
     }
 }
 
+/// The capability bits that decide which tags a client sees (see [`crate::conn::render`]).
+const TAG_CAPS: [u32; 5] = [
+    cap::MESSAGE_TAGS,
+    cap::SERVER_TIME,
+    cap::ACCOUNT_TAG,
+    cap::BATCH,
+    cap::LABELED_RESPONSE,
+];
+
+/// The rendering class of `caps`: clients of one class get the same bytes for any message.
+pub fn tag_class(caps: u32) -> usize {
+    TAG_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(_, bit)| caps & **bit != 0)
+        .map(|(i, _)| 1usize << i)
+        .sum()
+}
+
+/// A message on its way to local connections: rendered at most once per tag class and the
+/// bytes shared by every recipient of that class, instead of once per recipient.
+#[derive(Debug)]
+pub struct Outgoing {
+    msg: Arc<Message>,
+    rendered: [OnceLock<Arc<str>>; 1 << TAG_CAPS.len()],
+}
+
+impl Outgoing {
+    pub fn new(msg: Arc<Message>) -> Arc<Self> {
+        Arc::new(Self {
+            msg,
+            rendered: Default::default(),
+        })
+    }
+
+    /// The wire line (without CR LF) for a client with `caps`.
+    pub fn line(&self, caps: u32) -> Arc<str> {
+        self.rendered[tag_class(caps)]
+            .get_or_init(|| Arc::from(crate::conn::render(caps, &self.msg)))
+            .clone()
+    }
+
+    pub fn message(&self) -> &Message {
+        &self.msg
+    }
+}
+
 /// The shared half of a connection.
 #[derive(Debug)]
 pub struct ClientHandle {
     pub id: ClientId,
-    tx: mpsc::Sender<Arc<Message>>,
+    tx: mpsc::Sender<Arc<Outgoing>>,
     kill: CancellationToken,
     reason: Mutex<Option<String>>,
     caps: AtomicU32,
@@ -79,7 +132,7 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    pub(crate) fn new(id: ClientId, tx: mpsc::Sender<Arc<Message>>) -> Self {
+    pub(crate) fn new(id: ClientId, tx: mpsc::Sender<Arc<Outgoing>>) -> Self {
         Self {
             id,
             tx,
@@ -92,7 +145,12 @@ impl ClientHandle {
 
     /// Queues a message; a full queue drops the client with "SendQ exceeded".
     pub fn send(&self, msg: Arc<Message>) {
-        match self.tx.try_send(msg) {
+        self.send_out(Outgoing::new(msg));
+    }
+
+    /// Queues a message rendered once for many recipients.
+    pub fn send_out(&self, out: Arc<Outgoing>) {
+        match self.tx.try_send(out) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.kill.is_cancelled() {
@@ -145,16 +203,27 @@ impl ClientHandle {
     }
 }
 
-/// Where deliveries for clients on other nodes go: a bounded queue drained by the relay
-/// (Redis pub/sub, one channel per node).
-pub type Outbox = mpsc::Sender<(NodeId, Envelope)>;
+/// Where a relayed envelope goes: one node's channel, or every node (a channel delivery,
+/// which each node carries out from its own channel index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    Node(NodeId),
+    All,
+}
 
-/// The connections of this node, by id, and the way to the others.
+/// Where deliveries for clients on other nodes go: a bounded queue drained by the relay
+/// (Redis pub/sub, one channel per node and one for all nodes).
+pub type Outbox = mpsc::Sender<(Dest, Envelope)>;
+
+/// The connections of this node, by id, its channel index, and the way to the others.
 #[derive(Debug, Default)]
 pub struct Hub {
     clients: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
-    /// Set when this node is part of a network; without it every client is local.
-    outbox: OnceLock<Outbox>,
+    /// Channel (folded) → members connected here; see [`crate::index`].
+    index: RwLock<ChannelIndex>,
+    /// Set when this node is part of a network (this node's number, the relay's queue);
+    /// without it every client is local.
+    outbox: OnceLock<(NodeId, Outbox)>,
 }
 
 impl Hub {
@@ -164,11 +233,23 @@ impl Hub {
 
     pub(crate) fn remove(&self, id: ClientId) {
         self.clients.write().remove(&id);
+        self.index.write().remove_client(id);
     }
 
-    /// Connects the hub to the relay that carries deliveries to other nodes.
-    pub fn set_outbox(&self, outbox: Outbox) {
-        let _ = self.outbox.set(outbox);
+    /// Connects the hub of node `node` to the relay that carries deliveries to other nodes.
+    pub fn set_outbox(&self, node: NodeId, outbox: Outbox) {
+        let _ = self.outbox.set((node, outbox));
+    }
+
+    fn relay(&self, dest: Dest, env: Envelope) -> bool {
+        let Some((_, outbox)) = self.outbox.get() else {
+            return false;
+        };
+        if outbox.try_send((dest, env)).is_err() {
+            metrics::counter!("keel_chat_relay_dropped_total").increment(1);
+            return false;
+        }
+        true
     }
 
     /// The handle of a connection on this node.
@@ -182,10 +263,128 @@ impl Hub {
         ids.iter().filter_map(|id| map.get(id).cloned()).collect()
     }
 
+    // ---- the channel index -------------------------------------------------------------
+
+    /// Records that local client `id` joined `channel` (folded).
+    pub fn index_join(&self, channel: &str, id: ClientId) {
+        self.index.write().join(channel, id);
+    }
+
+    /// Records that `id` left `channel` (folded): here when it is connected here, else on its
+    /// node (an envelope that follows any delivery already sent there, so in order).
+    pub fn index_leave(&self, channel: &str, id: ClientId) {
+        if self.clients.read().contains_key(&id) {
+            self.index.write().part(channel, id);
+        } else if self.outbox.get().is_some() {
+            let env = Envelope::Part {
+                id,
+                channel: channel.to_owned(),
+            };
+            self.relay(Dest::Node(node_of(id)), env);
+        }
+    }
+
+    /// Removes a departing client from every channel of the index.
+    pub fn index_remove_client(&self, id: ClientId) {
+        self.index.write().remove_client(id);
+    }
+
+    /// Replaces the channels (folded) of a local client: the resync with the store.
+    pub fn index_set_client(&self, id: ClientId, channels: &[String]) {
+        if self.clients.read().contains_key(&id) {
+            self.index.write().set_client(id, channels);
+        }
+    }
+
+    /// Channels (folded) of a local client, by the index.
+    pub fn index_channels_of(&self, id: ClientId) -> Vec<String> {
+        self.index.read().channels_of(id)
+    }
+
+    /// Local members of `channel` (folded), by the index.
+    pub fn index_count(&self, channel: &str) -> usize {
+        self.index.read().count(channel)
+    }
+
+    // ---- delivery ------------------------------------------------------------------------
+
+    /// Sends `msg` to every member of `channel` (folded) except `skip` that negotiated
+    /// `need`: here from the index, and once to all other nodes, which do the same.
+    pub fn deliver_channel(&self, channel: &str, skip: ClientId, msg: &Arc<Message>, need: u32) {
+        self.route_channel(channel, skip, Want::need(need), msg, None);
+    }
+
+    /// Like [`Hub::deliver_channel`], but a member that negotiated `cap` gets `with`, and
+    /// members with a capability of `want.unless` get nothing (a membership change).
+    pub fn deliver_channel_variant(
+        &self,
+        channel: &str,
+        skip: ClientId,
+        want: Want,
+        msg: &Arc<Message>,
+        cap: u32,
+        with: &Arc<Message>,
+    ) {
+        self.route_channel(channel, skip, want, msg, Some((cap, with)));
+    }
+
+    fn route_channel(
+        &self,
+        channel: &str,
+        skip: ClientId,
+        need: Want,
+        msg: &Arc<Message>,
+        variant: Option<(u32, &Arc<Message>)>,
+    ) {
+        let out = Outgoing::new(msg.clone());
+        let alt = variant.map(|(cap, m)| (cap, Outgoing::new(m.clone())));
+        let n = self.deliver_local_channel(channel, skip, need, &out, alt.as_ref());
+        metrics::counter!("keel_chat_messages_out_total").increment(n as u64);
+        if let Some((node, _)) = self.outbox.get() {
+            let env = Envelope::Channel {
+                origin: *node,
+                channel: channel.to_owned(),
+                skip,
+                need,
+                msg: msg.clone(),
+                variant: variant.map(|(cap, m)| (cap, m.clone())),
+            };
+            self.relay(Dest::All, env);
+        }
+    }
+
+    /// Delivers to the local members of `channel`; returns how many were sent it.
+    fn deliver_local_channel(
+        &self,
+        channel: &str,
+        skip: ClientId,
+        need: Want,
+        out: &Arc<Outgoing>,
+        variant: Option<&(u32, Arc<Outgoing>)>,
+    ) -> usize {
+        let index = self.index.read();
+        let map = self.clients.read();
+        let mut n = 0;
+        for id in index.members(channel) {
+            if id == skip {
+                continue;
+            }
+            if let Some(h) = map.get(&id) {
+                n += usize::from(deliver_to(h, need, out, variant));
+            }
+        }
+        n
+    }
+
     /// Sends `msg` to each of `ids` (except `skip`) that negotiated `need`, here or on its
     /// node.
     pub fn deliver(&self, ids: &[ClientId], skip: ClientId, msg: &Arc<Message>, need: u32) {
-        self.route(ids, skip, need, msg, None);
+        self.route(ids, skip, Want::need(need), msg, None);
+    }
+
+    /// Like [`Hub::deliver`] with a full [`Want`] (a membership change: PART, QUIT).
+    pub fn deliver_want(&self, ids: &[ClientId], skip: ClientId, msg: &Arc<Message>, want: Want) {
+        self.route(ids, skip, want, msg, None);
     }
 
     /// Like [`Hub::deliver`], but a recipient that negotiated `cap` gets `with` instead of
@@ -198,17 +397,19 @@ impl Hub {
         cap: u32,
         with: &Arc<Message>,
     ) {
-        self.route(ids, skip, 0, msg, Some((cap, with)));
+        self.route(ids, skip, Want::need(0), msg, Some((cap, with)));
     }
 
     fn route(
         &self,
         ids: &[ClientId],
         skip: ClientId,
-        need: u32,
+        need: Want,
         msg: &Arc<Message>,
         variant: Option<(u32, &Arc<Message>)>,
     ) {
+        let out = Outgoing::new(msg.clone());
+        let alt = variant.map(|(cap, m)| (cap, Outgoing::new(m.clone())));
         let mut remote: HashMap<NodeId, Vec<ClientId>> = HashMap::new();
         {
             let map = self.clients.read();
@@ -217,14 +418,16 @@ impl Hub {
                     continue;
                 }
                 match map.get(id) {
-                    Some(h) => deliver_to(h, need, msg, variant),
+                    Some(h) => {
+                        deliver_to(h, need, &out, alt.as_ref());
+                    }
                     None => remote.entry(node_of(*id)).or_default().push(*id),
                 }
             }
         }
-        let Some(outbox) = self.outbox.get() else {
+        if self.outbox.get().is_none() {
             return;
-        };
+        }
         for (node, ids) in remote {
             let env = Envelope::Deliver {
                 ids,
@@ -232,9 +435,7 @@ impl Hub {
                 msg: msg.clone(),
                 variant: variant.map(|(cap, m)| (cap, m.clone())),
             };
-            if outbox.try_send((node, env)).is_err() {
-                metrics::counter!("keel_chat_relay_dropped_total").increment(1);
-            }
+            self.relay(Dest::Node(node), env);
         }
     }
 
@@ -245,14 +446,11 @@ impl Hub {
             h.kill(reason);
             return true;
         }
-        let Some(outbox) = self.outbox.get() else {
-            return false;
-        };
         let env = Envelope::Kill {
             id,
             reason: reason.to_owned(),
         };
-        outbox.try_send((node_of(id), env)).is_ok()
+        self.relay(Dest::Node(node_of(id)), env)
     }
 
     /// Carries out an envelope that arrived from another node for clients connected here.
@@ -264,12 +462,34 @@ impl Hub {
                 msg,
                 variant,
             } => {
+                let out = Outgoing::new(msg);
+                let alt = variant.map(|(cap, m)| (cap, Outgoing::new(m)));
                 let map = self.clients.read();
                 for id in ids {
                     if let Some(h) = map.get(&id) {
-                        deliver_to(h, need, &msg, variant.as_ref().map(|(c, m)| (*c, m)));
+                        deliver_to(h, need, &out, alt.as_ref());
                     }
                 }
+            }
+            Envelope::Channel {
+                origin,
+                channel,
+                skip,
+                need,
+                msg,
+                variant,
+            } => {
+                // Our own channel deliveries come back on the all-nodes channel: done already.
+                if self.outbox.get().is_some_and(|(node, _)| *node == origin) {
+                    return;
+                }
+                let out = Outgoing::new(msg);
+                let alt = variant.map(|(cap, m)| (cap, Outgoing::new(m)));
+                let n = self.deliver_local_channel(&channel, skip, need, &out, alt.as_ref());
+                metrics::counter!("keel_chat_messages_out_total").increment(n as u64);
+            }
+            Envelope::Part { id, channel } => {
+                self.index.write().part(&channel, id);
             }
             Envelope::Kill { id, reason } => {
                 if let Some(h) = self.get(id) {
@@ -305,15 +525,199 @@ impl Hub {
     }
 }
 
+/// Who gets a delivery: clients that negotiated every capability of `need` and none of
+/// `unless`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Want {
+    pub need: u32,
+    pub unless: u32,
+}
+
+impl Want {
+    pub const fn need(need: u32) -> Self {
+        Self { need, unless: 0 }
+    }
+
+    /// A change of channel membership (JOIN, PART, QUIT): not for clients that opted out.
+    pub const MEMBERSHIP: Want = Want {
+        need: 0,
+        unless: cap::NO_MEMBERSHIP,
+    };
+
+    pub fn admits(self, caps: u32) -> bool {
+        caps & self.need == self.need && caps & self.unless == 0
+    }
+}
+
+/// Queues `msg` (or the variant) for one client; false when `want` does not admit it.
 fn deliver_to(
     h: &ClientHandle,
-    need: u32,
-    msg: &Arc<Message>,
-    variant: Option<(u32, &Arc<Message>)>,
-) {
+    want: Want,
+    msg: &Arc<Outgoing>,
+    variant: Option<&(u32, Arc<Outgoing>)>,
+) -> bool {
+    let caps = h.caps();
+    if caps & want.unless != 0 {
+        return false;
+    }
     match variant {
-        Some((cap, with)) if h.has(cap) => h.send(with.clone()),
-        _ if h.has(need) => h.send(msg.clone()),
-        _ => {}
+        Some((cap, with)) if caps & *cap == *cap => h.send_out(with.clone()),
+        _ if want.admits(caps) => h.send_out(msg.clone()),
+        _ => return false,
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_classes_follow_only_tag_capabilities() {
+        assert_eq!(tag_class(0), 0);
+        assert_eq!(tag_class(cap::ECHO_MESSAGE | cap::MULTI_PREFIX), 0);
+        assert_eq!(tag_class(cap::MESSAGE_TAGS), 1);
+        assert_eq!(tag_class(cap::SERVER_TIME | cap::ECHO_MESSAGE), 2);
+        assert_eq!(
+            tag_class(
+                cap::MESSAGE_TAGS
+                    | cap::SERVER_TIME
+                    | cap::ACCOUNT_TAG
+                    | cap::BATCH
+                    | cap::LABELED_RESPONSE
+            ),
+            31
+        );
+    }
+
+    /// The shared rendering is the one each recipient would have rendered for itself.
+    #[test]
+    fn shared_rendering_equals_rendering_per_recipient() {
+        let msg = Arc::new(
+            Message::parse(
+                b"@time=2026-01-01T00:00:00.000Z;msgid=m1;account=acc;+x=y :a!b@c PRIVMSG #x :hi",
+            )
+            .expect("parse"),
+        );
+        let out = Outgoing::new(msg.clone());
+        for caps in [
+            0,
+            cap::SERVER_TIME,
+            cap::MESSAGE_TAGS,
+            cap::ACCOUNT_TAG | cap::ECHO_MESSAGE,
+            cap::MESSAGE_TAGS | cap::SERVER_TIME | cap::ACCOUNT_TAG,
+            u32::MAX,
+        ] {
+            // Twice: the second answer comes from the cache.
+            for _ in 0..2 {
+                assert_eq!(
+                    &*out.line(caps),
+                    crate::conn::render(caps, &msg).as_str(),
+                    "caps {caps:#x}"
+                );
+            }
+        }
+        assert_eq!(&*out.line(0), ":a!b@c PRIVMSG #x hi");
+    }
+
+    fn handle(id: ClientId) -> (Arc<ClientHandle>, mpsc::Receiver<Arc<Outgoing>>) {
+        let (tx, rx) = mpsc::channel(16);
+        let h = Arc::new(ClientHandle::new(id, tx));
+        (h, rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Arc<Outgoing>>) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            v.push(o.line(0).to_string());
+        }
+        v
+    }
+
+    /// Channel deliveries reach exactly the local members in the index, minus the sender;
+    /// an envelope from another node does the same, and a Part envelope takes a member out.
+    #[test]
+    fn channel_delivery_follows_the_index() {
+        let hub = Hub::default();
+        let (a, mut ra) = handle(1);
+        let (b, mut rb) = handle(2);
+        let (c, mut rc) = handle(3);
+        for h in [&a, &b, &c] {
+            hub.insert(h.clone());
+        }
+        hub.index_join("#x", 1);
+        hub.index_join("#x", 2);
+        hub.index_join("#y", 3);
+        let msg = Arc::new(Message::parse(b":a!b@c PRIVMSG #x :hi").expect("parse"));
+        hub.deliver_channel("#x", 1, &msg, 0);
+        assert!(drain(&mut ra).is_empty(), "the sender is skipped");
+        assert_eq!(drain(&mut rb), vec![":a!b@c PRIVMSG #x hi".to_owned()]);
+        assert!(drain(&mut rc).is_empty(), "not a member");
+        hub.receive(Envelope::Channel {
+            origin: 9,
+            channel: "#x".into(),
+            skip: 99,
+            need: Want::need(0),
+            msg: msg.clone(),
+            variant: None,
+        });
+        assert_eq!(drain(&mut ra).len(), 1);
+        assert_eq!(drain(&mut rb).len(), 1);
+        hub.receive(Envelope::Part {
+            id: 2,
+            channel: "#x".into(),
+        });
+        hub.index_leave("#x", 1);
+        hub.deliver_channel("#x", 0, &msg, 0);
+        assert!(drain(&mut ra).is_empty() && drain(&mut rb).is_empty());
+        // A member that opted out of membership changes gets messages but not JOINs.
+        hub.index_join("#y", 2);
+        b.set_caps(cap::NO_MEMBERSHIP);
+        let join = Arc::new(Message::parse(b":n!u@h JOIN #y").expect("parse"));
+        hub.deliver_channel_variant("#y", 0, Want::MEMBERSHIP, &join, cap::EXTENDED_JOIN, &join);
+        assert_eq!(drain(&mut rc).len(), 1);
+        assert!(drain(&mut rb).is_empty(), "opted out of JOINs");
+        hub.deliver_channel("#y", 0, &msg, 0);
+        assert_eq!(drain(&mut rb).len(), 1, "still gets messages");
+        hub.index_leave("#y", 2);
+        let _ = drain(&mut rc);
+        hub.remove(3);
+        assert!(
+            hub.index_channels_of(3).is_empty(),
+            "a closed connection leaves the index"
+        );
+        assert_eq!(hub.index_count("#y"), 0);
+    }
+
+    /// With a relay, a channel delivery goes once to all nodes, a KICK of a remote member
+    /// becomes a Part envelope for its node, and our own channel envelope coming back from
+    /// the all-nodes channel is not delivered twice.
+    #[test]
+    fn remote_side_of_channel_delivery() {
+        let hub = Hub::default();
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.set_outbox(1, tx);
+        let (a, mut ra) = handle(crate::engine::client_id(1, 1));
+        hub.insert(a.clone());
+        hub.index_join("#x", a.id);
+        let msg = Arc::new(Message::parse(b":s!u@h PRIVMSG #x :hi").expect("parse"));
+        hub.deliver_channel("#x", 0, &msg, 0);
+        assert_eq!(drain(&mut ra).len(), 1);
+        let (dest, env) = rx.try_recv().expect("one envelope");
+        assert_eq!(dest, Dest::All);
+        assert!(rx.try_recv().is_err(), "one envelope for all nodes");
+        hub.receive(env);
+        assert!(drain(&mut ra).is_empty(), "own envelope ignored");
+        let remote = crate::engine::client_id(2, 5);
+        hub.index_leave("#x", remote);
+        let (dest, env) = rx.try_recv().expect("part envelope");
+        assert_eq!(dest, Dest::Node(2));
+        assert_eq!(
+            env,
+            Envelope::Part {
+                id: remote,
+                channel: "#x".into()
+            }
+        );
     }
 }

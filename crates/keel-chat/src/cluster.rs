@@ -4,6 +4,12 @@
 //! - Every [`ClientId`] carries its node's number, so a delivery to a client that is not
 //!   connected here becomes an [`Envelope`] published on that node's pub/sub channel: one
 //!   subscription per node, not per client ([`run_relay`]).
+//! - A channel delivery (PRIVMSG, NOTICE, TAGMSG, JOIN) is not routed by member ids: the
+//!   engine only checks permission, and one [`Envelope::Channel`] is published on the
+//!   all-nodes channel ([`all_channel`]); each node delivers it to its own members from its
+//!   channel index ([`crate::index`]). Per message the store returns no member list and the
+//!   relay carries one envelope, whatever the channel's size. Other nodes' deliveries are
+//!   not retried individually: PUBLISH counts this node's own subscription too.
 //! - Each node heartbeats its record and its clients' presence ([`run_liveness`]); a node that
 //!   stops (SIGKILL) lets both lapse, and the one surviving node holding the `reaper` lock
 //!   unregisters its clients, which tells their channel peers (QUIT) and MONITOR watchers
@@ -26,6 +32,7 @@ use keel_core::Shutdown;
 use keel_irc_proto::Message;
 use tokio::sync::mpsc;
 
+use crate::client::{Dest, Want};
 use crate::engine::{ChatEngine, ClientId, Departed, NodeId};
 use crate::shared::Shared;
 use crate::util::{format_time, unix_ms};
@@ -43,7 +50,7 @@ const RELAY_RETRY_EVERY: Duration = Duration::from_millis(100);
 /// A delivery on its way to another node.
 struct Pending {
     first: tokio::time::Instant,
-    node: NodeId,
+    dest: Dest,
     payload: Vec<u8>,
 }
 
@@ -57,10 +64,22 @@ pub enum Envelope {
     /// capability gets the variant instead.
     Deliver {
         ids: Vec<ClientId>,
-        need: u32,
+        need: Want,
         msg: Arc<Message>,
         variant: Option<(u32, Arc<Message>)>,
     },
+    /// Send `msg` to every member of `channel` (folded) connected to the receiving node, by
+    /// its channel index, except `skip`; published once on the all-nodes channel by `origin`.
+    Channel {
+        origin: NodeId,
+        channel: String,
+        skip: ClientId,
+        need: Want,
+        msg: Arc<Message>,
+        variant: Option<(u32, Arc<Message>)>,
+    },
+    /// `id` (connected to the receiving node) is no longer in `channel` (a KICK).
+    Part { id: ClientId, channel: String },
     /// Disconnect a client (KILL).
     Kill { id: ClientId, reason: String },
 }
@@ -81,8 +100,9 @@ pub enum EnvelopeError {
 impl Envelope {
     /// The wire form: a header line, then the message line(s).
     ///
-    /// `D <need> <variant cap or -> <id,id,...>\n<line>[\n<variant line>]` or
-    /// `K <id>\n<reason>`.
+    /// `D <need> <variant cap or -> <id,id,...>\n<line>[\n<variant line>]`,
+    /// `C <origin> <need> <variant cap or -> <skip> <channel>\n<line>[\n<variant line>]`,
+    /// `P <id> <channel>\n` or `K <id>\n<reason>`.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = String::with_capacity(128);
         match self {
@@ -93,7 +113,7 @@ impl Envelope {
                 variant,
             } => {
                 out.push_str("D ");
-                out.push_str(&need.to_string());
+                push_want(&mut out, *need);
                 out.push(' ');
                 match variant {
                     Some((cap, _)) => out.push_str(&cap.to_string()),
@@ -113,6 +133,41 @@ impl Envelope {
                     m.write_to(&mut out);
                 }
             }
+            Envelope::Channel {
+                origin,
+                channel,
+                skip,
+                need,
+                msg,
+                variant,
+            } => {
+                out.push_str("C ");
+                out.push_str(&origin.to_string());
+                out.push(' ');
+                push_want(&mut out, *need);
+                out.push(' ');
+                match variant {
+                    Some((cap, _)) => out.push_str(&cap.to_string()),
+                    None => out.push('-'),
+                }
+                out.push(' ');
+                out.push_str(&skip.to_string());
+                out.push(' ');
+                out.push_str(channel);
+                out.push('\n');
+                msg.write_to(&mut out);
+                if let Some((_, m)) = variant {
+                    out.push('\n');
+                    m.write_to(&mut out);
+                }
+            }
+            Envelope::Part { id, channel } => {
+                out.push_str("P ");
+                out.push_str(&id.to_string());
+                out.push(' ');
+                out.push_str(channel);
+                out.push('\n');
+            }
             Envelope::Kill { id, reason } => {
                 out.push_str("K ");
                 out.push_str(&id.to_string());
@@ -130,7 +185,7 @@ impl Envelope {
         let mut parts = header.split(' ');
         match parts.next() {
             Some("D") => {
-                let need = parse_num::<u32>(parts.next())?;
+                let need = parse_want(parts.next())?;
                 let variant_cap = match parts.next() {
                     Some("-") => None,
                     other => Some(parse_num::<u32>(other)?),
@@ -146,24 +201,45 @@ impl Envelope {
                     }
                     ids.push(parse_num::<u64>(Some(id))?);
                 }
-                let (line, variant_line) = match variant_cap {
-                    Some(_) => {
-                        let (a, b) = body.split_once('\n').ok_or(EnvelopeError::Header)?;
-                        (a, Some(b))
-                    }
-                    None => (body, None),
-                };
-                let msg = parse_message(line)?;
-                let variant = match (variant_cap, variant_line) {
-                    (Some(cap), Some(l)) => Some((cap, parse_message(l)?)),
-                    _ => None,
-                };
+                let (msg, variant) = parse_lines(body, variant_cap)?;
                 Ok(Envelope::Deliver {
                     ids,
                     need,
                     msg,
                     variant,
                 })
+            }
+            Some("C") => {
+                let origin = parse_num::<NodeId>(parts.next())?;
+                let need = parse_want(parts.next())?;
+                let variant_cap = match parts.next() {
+                    Some("-") => None,
+                    other => Some(parse_num::<u32>(other)?),
+                };
+                let skip = parse_num::<u64>(parts.next())?;
+                let channel = parts.next().filter(|c| !c.is_empty());
+                let channel = channel.ok_or(EnvelopeError::Header)?.to_owned();
+                if parts.next().is_some() {
+                    return Err(EnvelopeError::Header);
+                }
+                let (msg, variant) = parse_lines(body, variant_cap)?;
+                Ok(Envelope::Channel {
+                    origin,
+                    channel,
+                    skip,
+                    need,
+                    msg,
+                    variant,
+                })
+            }
+            Some("P") => {
+                let id = parse_num::<u64>(parts.next())?;
+                let channel = parts.next().filter(|c| !c.is_empty());
+                let channel = channel.ok_or(EnvelopeError::Header)?.to_owned();
+                if parts.next().is_some() || !body.is_empty() {
+                    return Err(EnvelopeError::Header);
+                }
+                Ok(Envelope::Part { id, channel })
             }
             Some("K") => {
                 let id = parse_num::<u64>(parts.next())?;
@@ -177,6 +253,41 @@ impl Envelope {
             }
             _ => Err(EnvelopeError::Header),
         }
+    }
+}
+
+/// `need` or `need/unless`.
+fn push_want(out: &mut String, want: Want) {
+    out.push_str(&want.need.to_string());
+    if want.unless != 0 {
+        out.push('/');
+        out.push_str(&want.unless.to_string());
+    }
+}
+
+fn parse_want(text: Option<&str>) -> Result<Want, EnvelopeError> {
+    let text = text.ok_or(EnvelopeError::Header)?;
+    match text.split_once('/') {
+        Some((need, unless)) => Ok(Want {
+            need: parse_num(Some(need))?,
+            unless: parse_num(Some(unless))?,
+        }),
+        None => Ok(Want::need(parse_num(Some(text))?)),
+    }
+}
+
+/// The message line and, with a variant capability, the variant line after it.
+#[allow(clippy::type_complexity)]
+fn parse_lines(
+    body: &str,
+    variant_cap: Option<u32>,
+) -> Result<(Arc<Message>, Option<(u32, Arc<Message>)>), EnvelopeError> {
+    match variant_cap {
+        Some(cap) => {
+            let (a, b) = body.split_once('\n').ok_or(EnvelopeError::Header)?;
+            Ok((parse_message(a)?, Some((cap, parse_message(b)?))))
+        }
+        None => Ok((parse_message(body)?, None)),
     }
 }
 
@@ -196,6 +307,58 @@ pub fn node_channel(prefix: &str, node: NodeId) -> String {
     format!("{prefix}:{{chat}}:node:{node}")
 }
 
+/// The pub/sub channel every node subscribes to: channel deliveries, one PUBLISH each.
+pub fn all_channel(prefix: &str) -> String {
+    format!("{prefix}:{{chat}}:all")
+}
+
+fn dest_channel(prefix: &str, dest: Dest) -> String {
+    match dest {
+        Dest::Node(n) => node_channel(prefix, n),
+        Dest::All => all_channel(prefix),
+    }
+}
+
+/// Rebuilds the channel index of this node's clients from the store (after it was away,
+/// when memberships may have been lost or changed without this node hearing of it). Stops,
+/// leaving the rest as it was, if the store goes away again.
+pub async fn resync_index<E: ChatEngine>(shared: &Shared<E>) {
+    let ids = shared.hub.registered_ids();
+    if resync_clients(shared, &ids).await {
+        metrics::counter!("keel_chat_index_resyncs_total").increment(1);
+        tracing::info!(
+            clients = ids.len(),
+            "channel index resynchronised with the store"
+        );
+    }
+}
+
+/// Sets the index entries of `ids` (local clients) to their channels in the store; false
+/// when the store went away before all were done (those left are asked again later).
+async fn resync_clients<E: ChatEngine>(shared: &Shared<E>, ids: &[ClientId]) -> bool {
+    for (i, &id) in ids.iter().enumerate() {
+        let chans: Vec<String> = shared
+            .engine
+            .channels_of(id)
+            .await
+            .iter()
+            .map(|c| keel_irc_proto::casefold(c))
+            .collect();
+        if !shared.engine.available() {
+            tracing::warn!(
+                done = i,
+                "channel index resync stopped: the store went away"
+            );
+            for &id in &ids[i..] {
+                shared.recheck_index(id);
+            }
+            return false;
+        }
+        shared.hub.index_set_client(id, &chans);
+    }
+    true
+}
+
 /// Tells the peers (QUIT) and MONITOR watchers (731) of a client that left the network.
 pub async fn announce_departure<E: ChatEngine>(shared: &Shared<E>, d: &Departed, reason: &str) {
     let quit = Arc::new(
@@ -203,7 +366,9 @@ pub async fn announce_departure<E: ChatEngine>(shared: &Shared<E>, d: &Departed,
             .with_source(d.client.mask())
             .with_tag("time", format_time(unix_ms())),
     );
-    shared.hub.deliver(&d.peers, d.client.id, &quit, 0);
+    shared
+        .hub
+        .deliver_want(&d.peers, d.client.id, &quit, Want::MEMBERSHIP);
     let server = shared.config.server_name.clone();
     for w in shared.engine.watchers(&d.client.nick).await {
         if let Some(watcher) = shared.engine.client(w).await {
@@ -246,8 +411,12 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
                     last_full = tokio::time::Instant::now();
                 }
                 answered = answered.saturating_add(1);
-                if answered >= 2 || !shared.is_degraded() {
+                let was_degraded = shared.is_degraded();
+                if answered >= 2 || !was_degraded {
                     shared.set_store_ok(true);
+                }
+                if was_degraded && !shared.is_degraded() {
+                    resync_index(&shared).await;
                 }
                 for id in unknown {
                     if let Some(h) = shared.hub.get(id) {
@@ -264,6 +433,11 @@ pub async fn run_liveness<E: ChatEngine>(shared: Arc<Shared<E>>, shutdown: Shutd
                 shared.set_store_ok(false);
                 continue;
             }
+        }
+        // Index entries a JOIN or PART without an answer may have left wrong.
+        let recheck = shared.take_index_rechecks();
+        if !recheck.is_empty() {
+            resync_clients(&shared, &recheck).await;
         }
         // Departures the store missed while it was away.
         let pending = shared.take_pending_departures();
@@ -298,11 +472,12 @@ pub async fn run_relay<E: ChatEngine>(
     shared: Arc<Shared<E>>,
     handle: keel_redis::RedisHandle,
     client: redis::Client,
-    mut outbox: mpsc::Receiver<(NodeId, Envelope)>,
+    mut outbox: mpsc::Receiver<(Dest, Envelope)>,
     shutdown: Shutdown,
 ) {
     let prefix = handle.keys().prefix().to_owned();
     let channel = node_channel(&prefix, shared.node);
+    let everyone = all_channel(&prefix);
     let sub_shared = shared.clone();
     let sub_shutdown = shutdown.clone();
     let subscriber = tokio::spawn(async move {
@@ -329,7 +504,7 @@ pub async fn run_relay<E: ChatEngine>(
                     continue;
                 }
             };
-            if let Err(e) = pubsub.subscribe(&channel).await {
+            if let Err(e) = pubsub.subscribe(&[&channel, &everyone]).await {
                 tracing::debug!(error = %e, "SUBSCRIBE failed; retrying");
                 sub_shared.set_relay_ok(false);
                 tokio::time::sleep(backoff).await;
@@ -360,7 +535,7 @@ pub async fn run_relay<E: ChatEngine>(
     });
 
     let mut conn = handle.connection();
-    let mut batch: Vec<(NodeId, Envelope)> = Vec::with_capacity(256);
+    let mut batch: Vec<(Dest, Envelope)> = Vec::with_capacity(256);
     // Deliveries no node received (PUBLISH counted 0 subscribers: the node is resubscribing
     // after a Redis restart, or dead) or whose PUBLISH failed: retried in order for
     // RELAY_RETRY_FOR, then dropped and counted. Bounded by RELAY_RETRY_MAX.
@@ -384,11 +559,11 @@ pub async fn run_relay<E: ChatEngine>(
                 metrics::counter!("keel_chat_relay_dropped_total").increment(1);
             }
         }
-        for (node, env) in batch.drain(..) {
+        for (dest, env) in batch.drain(..) {
             for env in split(env) {
                 items.push(Pending {
                     first: now,
-                    node,
+                    dest,
                     payload: env.encode(),
                 });
             }
@@ -398,7 +573,7 @@ pub async fn run_relay<E: ChatEngine>(
         }
         let mut pipe = redis::pipe();
         for p in &items {
-            pipe.publish(node_channel(&prefix, p.node), &p.payload);
+            pipe.publish(dest_channel(&prefix, p.dest), &p.payload);
         }
         let sent = handle
             .with_timeout(async {
@@ -464,7 +639,7 @@ mod tests {
     fn deliver_round_trips() {
         let env = Envelope::Deliver {
             ids: vec![1 << 32 | 7, 2 << 32 | 9],
-            need: 4,
+            need: Want::need(4),
             msg: msg("@time=2026-01-01T00:00:00.000Z;msgid=x :a!b@c PRIVMSG #x :hello world"),
             variant: None,
         };
@@ -475,7 +650,7 @@ mod tests {
     fn variant_and_kill_round_trip() {
         let env = Envelope::Deliver {
             ids: vec![5],
-            need: 0,
+            need: Want::MEMBERSHIP,
             msg: msg(":a!b@c JOIN #x"),
             variant: Some((128, msg(":a!b@c JOIN #x acct :Real Name"))),
         };
@@ -485,6 +660,45 @@ mod tests {
             reason: "Killed (op (bye))".into(),
         };
         assert_eq!(Envelope::decode(&kill.encode()).unwrap(), kill);
+    }
+
+    #[test]
+    fn channel_and_part_round_trip() {
+        for env in [
+            Envelope::Channel {
+                origin: 3,
+                channel: "#big".into(),
+                skip: 3 << 32 | 1,
+                need: Want::need(0),
+                msg: msg("@time=2026-01-01T00:00:00.000Z;msgid=x :a!b@c PRIVMSG #big :hi there"),
+                variant: None,
+            },
+            Envelope::Channel {
+                origin: 1,
+                channel: "#big".into(),
+                skip: 0,
+                need: Want::MEMBERSHIP,
+                msg: msg(":a!b@c JOIN #big"),
+                variant: Some((128, msg(":a!b@c JOIN #big * :Real Name"))),
+            },
+            Envelope::Part {
+                id: 2 << 32 | 4,
+                channel: "#big".into(),
+            },
+        ] {
+            assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+        }
+        for bad in [
+            &b"C 1 0 - 5\n:a PRIVMSG #x :y"[..],
+            b"C 1 0 - 5 #x extra\n:a PRIVMSG #x :y",
+            b"C x 0 - 5 #x\n:a PRIVMSG #x :y",
+            b"C 1 0/x - 5 #x\n:a PRIVMSG #x :y",
+            b"P 1\n",
+            b"P 1 #x\nbody",
+            b"P x #x\n",
+        ] {
+            assert!(Envelope::decode(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -527,7 +741,7 @@ mod tests {
     fn large_deliveries_are_split() {
         let env = Envelope::Deliver {
             ids: (0..10_000).collect(),
-            need: 0,
+            need: Want::need(0),
             msg: msg(":a PRIVMSG #x :y"),
             variant: None,
         };
@@ -537,7 +751,7 @@ mod tests {
             .iter()
             .map(|e| match e {
                 Envelope::Deliver { ids, .. } => ids.len(),
-                Envelope::Kill { .. } => 0,
+                _ => 0,
             })
             .sum();
         assert_eq!(total, 10_000);

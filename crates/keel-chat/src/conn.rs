@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use crate::client::{cap, ClientHandle};
+use crate::client::{cap, ClientHandle, Outgoing};
 use crate::engine::ChatEngine;
 use crate::session::Session;
 use crate::shared::Shared;
@@ -40,8 +40,9 @@ pub enum Inbound {
 /// A bidirectional line transport. `read` must be cancel-safe.
 pub trait Transport: Send + 'static {
     fn read(&mut self) -> impl Future<Output = io::Result<Inbound>> + Send;
-    /// Writes lines (without CR LF).
-    fn write(&mut self, lines: &[String]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes lines (without CR LF). A line is shared: a channel message is rendered once
+    /// per tag class and the same bytes go to every recipient of that class.
+    fn write(&mut self, lines: &[Arc<str>]) -> impl Future<Output = io::Result<()>> + Send;
     /// A transport-level keepalive (WebSocket ping); nothing for TCP.
     fn ping(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
@@ -86,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for StreamTra
         }
     }
 
-    async fn write(&mut self, lines: &[String]) -> io::Result<()> {
+    async fn write(&mut self, lines: &[Arc<str>]) -> io::Result<()> {
         self.out.clear();
         for l in lines {
             self.out.extend_from_slice(l.as_bytes());
@@ -151,7 +152,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shutdown: Shutdown,
 ) {
     let _gauge = Gauge::open();
-    let (tx, mut rx) = mpsc::channel::<Arc<Message>>(shared.config.limits.sendq.max(1));
+    let (tx, mut rx) = mpsc::channel::<Arc<Outgoing>>(shared.config.limits.sendq.max(1));
     let handle = Arc::new(ClientHandle::new(shared.next_id(), tx));
     shared.hub.insert(handle.clone());
     shared.unregistered.fetch_add(1, Ordering::Relaxed);
@@ -161,7 +162,12 @@ pub async fn run<E: ChatEngine, T: Transport>(
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
-    let mut lines: Vec<String> = Vec::new();
+    let mut lines: Vec<Arc<str>> = Vec::new();
+    // One timer for the connection's deadline (registration, PING, ping timeout), moved only
+    // when the deadline moves: a delivery does not arm a new timer.
+    let mut armed = started + cfg.registration_timeout;
+    let timer = tokio::time::sleep_until(armed);
+    tokio::pin!(timer);
     tracing::debug!(id = handle.id, %peer, "connection opened");
 
     // Lines read but not yet run: flood control holds them back (fakelag); a client that
@@ -188,7 +194,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
             if !session.out.is_empty() {
                 let caps = session.caps();
                 lines.clear();
-                lines.extend(session.out.drain(..).map(|m| render(caps, &m)));
+                lines.extend(session.out.drain(..).map(|m| Arc::from(render(caps, &m))));
                 if session.out.capacity() > 16 {
                     session.out = Vec::new();
                 }
@@ -211,6 +217,10 @@ pub async fn run<E: ChatEngine, T: Transport>(
             }
         };
         let held = hold.unwrap_or(deadline);
+        if deadline != armed {
+            armed = deadline;
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             biased;
             _ = kill.cancelled() => {
@@ -218,7 +228,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
             }
             _ = shutdown.wait() => break "Server shutting down".into(),
             _ = sleep_until(held), if hold.is_some() => hold = None,
-            _ = sleep_until(deadline) => {
+            _ = &mut timer => {
                 if !session.registered {
                     break "Registration timed out".into();
                 }
@@ -230,7 +240,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
                 ping_sent = Some(Instant::now());
                 let ping = Message::new("PING", vec![cfg.server_name.clone()]);
                 let write = async {
-                    transport.write(&[ping.to_string()]).await?;
+                    transport.write(&[Arc::from(ping.to_string())]).await?;
                     transport.ping().await
                 };
                 tokio::select! {
@@ -252,7 +262,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
                         metrics::counter!("keel_chat_messages_in_total").increment(1);
                         let m = Message::new("417", vec![session_nick(&session), "Input line was too long".into()])
                             .with_source(cfg.server_name.clone());
-                        let line = [m.to_string()];
+                        let line = [Arc::from(m.to_string())];
                         tokio::select! {
                             r = transport.write(&line) => if r.is_err() { break "Write error".into() },
                             _ = kill.cancelled() => continue,
@@ -270,10 +280,10 @@ pub async fn run<E: ChatEngine, T: Transport>(
             Some(first) = rx.recv() => {
                 let caps = handle.caps();
                 lines.clear();
-                lines.push(render(caps, &first));
+                lines.push(first.line(caps));
                 while lines.len() < WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(m) => lines.push(render(caps, &m)),
+                        Ok(m) => lines.push(m.line(caps)),
                         Err(_) => break,
                     }
                 }
@@ -291,7 +301,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shared.hub.remove(handle.id);
     if reason != "SendQ exceeded" && reason != "Write error" {
         let text = format!("Closing Link: {} ({reason})", peer.ip());
-        let error = Message::new("ERROR", vec![text]).to_string();
+        let error: Arc<str> = Arc::from(Message::new("ERROR", vec![text]).to_string());
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
             let _ = transport.write(&[error]).await;
             transport.close().await;
@@ -301,7 +311,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
 }
 
 /// Drops written lines; an idle connection keeps no output around.
-fn release(lines: &mut Vec<String>) {
+fn release(lines: &mut Vec<Arc<str>>) {
     lines.clear();
     if lines.capacity() > 16 {
         *lines = Vec::new();

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod engine;
+pub mod index;
 pub mod reconnect;
 pub mod server;
 pub mod session;

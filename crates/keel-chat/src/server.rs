@@ -102,7 +102,7 @@ impl<E: ChatEngine> ChatServer<E> {
         let mut tasks = JoinSet::new();
         if let Some(relay) = relay {
             let (tx, rx) = tokio::sync::mpsc::channel(cluster::OUTBOX_CAPACITY);
-            shared.hub.set_outbox(tx);
+            shared.hub.set_outbox(node, tx);
             tasks.spawn(cluster::run_relay(
                 shared.clone(),
                 relay.handle,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use keel_irc_proto::{casefold, Message};
 
-use crate::client::{cap, ClientHandle};
+use crate::client::{cap, ClientHandle, Want};
 use crate::engine::{
     history_key, ChatEngine, ClientId, ClientInfo, ClientUpdate, EngineError, HistoryItem,
     HistoryQuery, HistoryRef, ModeChange,
@@ -892,6 +892,8 @@ impl<E: ChatEngine> Session<E> {
             match self.shared.engine.join(chan, self.id, key, max).await {
                 Ok(joined) => {
                     let name = joined.name.clone();
+                    let fold = casefold(chan);
+                    self.shared.hub.index_join(&fold, self.id);
                     let account = self.account.clone().unwrap_or_else(|| s("*"));
                     let realname = self.user.as_ref().map(|u| u.1.clone()).unwrap_or_default();
                     let msgid = self.shared.msgids.next();
@@ -902,16 +904,17 @@ impl<E: ChatEngine> Session<E> {
                         .msg_from_me("JOIN", vec![name.clone(), account, realname])
                         .with_tag("msgid", msgid);
                     let (plain, ext) = (Arc::new(plain), Arc::new(ext));
-                    let ids: Vec<ClientId> = joined.members.clone();
                     let mine = if self.has(cap::EXTENDED_JOIN) {
                         &ext
                     } else {
                         &plain
                     };
                     self.out.push((**mine).clone());
-                    self.shared.hub.deliver_variant(
-                        &ids,
+                    // Every member hears of it, from its own node's channel index.
+                    self.shared.hub.deliver_channel_variant(
+                        &fold,
                         self.id,
+                        Want::MEMBERSHIP,
                         &plain,
                         cap::EXTENDED_JOIN,
                         &ext,
@@ -921,9 +924,12 @@ impl<E: ChatEngine> Session<E> {
                             let away = Arc::new(
                                 self.msg_from_me("AWAY", vec![me.away.unwrap_or_default()]),
                             );
-                            let others: Vec<ClientId> =
-                                ids.iter().copied().filter(|i| *i != self.id).collect();
-                            self.deliver(&others, &away, cap::AWAY_NOTIFY, false);
+                            self.shared.hub.deliver_channel(
+                                &fold,
+                                self.id,
+                                &away,
+                                cap::AWAY_NOTIFY,
+                            );
                         }
                     }
                     if let Some(t) = &joined.topic {
@@ -946,6 +952,8 @@ impl<E: ChatEngine> Session<E> {
                         }
                         EngineError::UserOnChannel => continue,
                         EngineError::Unavailable(_) => {
+                            // The store may have applied it after we stopped waiting.
+                            self.shared.recheck_index(self.id);
                             self.temporarily_unavailable("JOIN");
                             continue;
                         }
@@ -974,16 +982,24 @@ impl<E: ChatEngine> Session<E> {
         };
         match self.shared.engine.part(chan, self.id).await {
             Ok(members) => {
+                self.shared.hub.index_leave(&casefold(chan), self.id);
                 let mut p = vec![name];
                 p.extend(reason);
                 let m = Arc::new(self.msg_from_me("PART", p));
-                self.deliver(&members, &m, 0, true);
+                self.out.push((*m).clone());
+                self.shared
+                    .hub
+                    .deliver_want(&members, self.id, &m, Want::MEMBERSHIP);
             }
             Err(EngineError::NotOnChannel) => {
                 self.num(
                     "442",
                     vec![chan.to_owned(), s("You're not on that channel")],
                 );
+            }
+            Err(EngineError::Unavailable(_)) => {
+                self.shared.recheck_index(self.id);
+                self.num("403", vec![chan.to_owned(), s("No such channel")]);
             }
             Err(_) => self.num("403", vec![chan.to_owned(), s("No such channel")]),
         }
@@ -1303,6 +1319,8 @@ impl<E: ChatEngine> Session<E> {
             Ok(members) => {
                 let m = Arc::new(self.msg_from_me("KICK", vec![info.name, target.nick, reason]));
                 self.deliver(&members, &m, 0, true);
+                // After the KICK itself, so that a remote target's node hears both in order.
+                self.shared.hub.index_leave(&casefold(&chan), target.id);
             }
             Err(EngineError::ChanOpNeeded) => {
                 self.num("482", vec![info.name, s("You're not channel operator")]);
@@ -1404,13 +1422,11 @@ impl<E: ChatEngine> Session<E> {
             let history_target;
             if target.starts_with('#') {
                 match self.shared.engine.can_send(target, self.id).await {
-                    Ok(members) => {
+                    Ok(()) => {
                         let m = Arc::new(m);
-                        let others: Vec<ClientId> =
-                            members.into_iter().filter(|i| *i != self.id).collect();
-                        self.deliver(&others, &m, need, false);
-                        metrics::counter!("keel_chat_messages_out_total")
-                            .increment(others.len() as u64);
+                        // Published once; every node delivers from its own channel index.
+                        let fold = casefold(target);
+                        self.shared.hub.deliver_channel(&fold, self.id, &m, need);
                         history_target = target.to_owned();
                         if self.has(cap::ECHO_MESSAGE | need) {
                             self.out.push((*m).clone());
@@ -1985,6 +2001,7 @@ impl<E: ChatEngine> Session<E> {
             return;
         }
         self.handle.set_registered(false);
+        self.shared.hub.index_remove_client(self.id);
         self.shared.engine.monitor_clear(self.id).await;
         match self.shared.engine.unregister(self.id).await {
             Some(d) => crate::cluster::announce_departure(&self.shared, &d, reason).await,

@@ -56,6 +56,9 @@ pub struct Shared<E> {
     /// Clients that left while the store was unreachable: their QUIT is announced, and their
     /// record removed, once it answers again (bounded; see [`Shared::defer_departure`]).
     pending_departures: parking_lot::Mutex<Vec<(ClientId, String)>>,
+    /// Local clients whose channel index entries may be wrong: a JOIN or PART whose store
+    /// call did not answer (it may still have been applied). Rechecked by the liveness task.
+    index_recheck: parking_lot::Mutex<Vec<ClientId>>,
     pub unregistered: AtomicUsize,
     limiter: Limiter,
     /// Paces new connections (global accept rate); see [`crate::admission`].
@@ -98,6 +101,7 @@ impl<E: ChatEngine> Shared<E> {
             relay_ok: AtomicBool::new(true),
             degraded: AtomicBool::new(false),
             pending_departures: parking_lot::Mutex::new(Vec::new()),
+            index_recheck: parking_lot::Mutex::new(Vec::new()),
             unregistered: AtomicUsize::new(0),
             limiter: Limiter::memory(),
             pacer,
@@ -124,6 +128,18 @@ impl<E: ChatEngine> Shared<E> {
             metrics::counter!("keel_chat_departures_dropped_total").increment(1);
         }
         pending.push((id, reason.to_owned()));
+    }
+
+    /// Asks the liveness task to check `id`'s channel index entries against the store.
+    pub(crate) fn recheck_index(&self, id: ClientId) {
+        let mut v = self.index_recheck.lock();
+        if v.len() < MAX_PENDING_DEPARTURES && !v.contains(&id) {
+            v.push(id);
+        }
+    }
+
+    pub(crate) fn take_index_rechecks(&self) -> Vec<ClientId> {
+        std::mem::take(&mut *self.index_recheck.lock())
     }
 
     pub(crate) fn take_pending_departures(&self) -> Vec<(ClientId, String)> {

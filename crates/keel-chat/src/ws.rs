@@ -2,6 +2,7 @@
 //! `text.ircv3.net` and `binary.ircv3.net`, bounded buffers, ping frames.
 
 use std::io;
+use std::sync::Arc;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use bytes::BytesMut;
@@ -52,12 +53,12 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn write(&mut self, lines: &[String]) -> io::Result<()> {
+    async fn write(&mut self, lines: &[Arc<str>]) -> io::Result<()> {
         for l in lines {
             let msg = if self.binary {
-                WsMessage::Binary(l.clone().into_bytes().into())
+                WsMessage::Binary(l.as_bytes().to_vec().into())
             } else {
-                WsMessage::Text(l.clone().into())
+                WsMessage::Text(l.to_string().into())
             };
             self.socket.feed(msg).await.map_err(io::Error::other)?;
         }

@@ -330,3 +330,80 @@ async fn a_nick_claimed_on_two_nodes_at_once_goes_to_exactly_one() {
         assert_eq!(wins, 1, "round {round}: {rx} / {ry}");
     }
 }
+
+/// Channel messages are delivered from each node's local channel index: a member KICKed by
+/// an op on another node leaves its node's index (it gets no later message), and a client
+/// with `keel.dev/no-membership` gets messages and KICKs but no JOIN or PART of others.
+#[tokio::test]
+async fn a_remote_kick_and_no_membership_keep_the_channel_index_right() {
+    let redis = RedisServer::start().unwrap();
+    let a = node(&redis, "a.test", "30s").await;
+    let b = node(&redis, "b.test", "30s").await;
+
+    let mut alice = Irc::connect(&a, "alice", &[]).await;
+    alice.send("JOIN #k").await;
+    alice.expect(|l| l.contains(" 366 ")).await;
+    let mut eve = Irc::connect(&b, "eve", &["keel.dev/no-membership"]).await;
+    eve.send("JOIN #k").await;
+    eve.expect(|l| l.contains(" 366 ")).await;
+    let mut bob = Irc::connect(&b, "bob", &[]).await;
+    bob.send("JOIN #k").await;
+    bob.expect(|l| l.contains(" 366 ")).await;
+    alice
+        .expect(|l| l.starts_with(":bob!") && l.contains(" JOIN "))
+        .await;
+
+    alice.send("PRIVMSG #k :before kick").await;
+    bob.expect(|l| l.contains("PRIVMSG #k :before kick")).await;
+    let not_membership = |l: &str| {
+        assert!(
+            !(l.starts_with(":bob!") && (l.contains(" JOIN ") || l.contains(" PART "))),
+            "eve opted out of membership changes: {l}"
+        );
+    };
+    eve.expect(|l| {
+        not_membership(l);
+        l.contains("PRIVMSG #k :before kick")
+    })
+    .await;
+
+    alice.send("KICK #k bob :out").await;
+    bob.expect(|l| l.contains(" KICK #k bob")).await;
+    eve.expect(|l| {
+        not_membership(l);
+        l.contains(" KICK #k bob")
+    })
+    .await;
+    alice.send("PRIVMSG #k :after kick").await;
+    eve.expect(|l| {
+        not_membership(l);
+        l.contains("PRIVMSG #k :after kick")
+    })
+    .await;
+    // Node b delivered "after" to its index at once (eve has it): had bob still been in it,
+    // his copy would be in his queue before this direct message from eve, on the same node.
+    eve.send("PRIVMSG bob :marker one").await;
+    let next = bob.expect(|l| l.contains(" PRIVMSG ")).await;
+    assert!(
+        next.ends_with(":marker one"),
+        "bob was kicked, yet got: {next}"
+    );
+
+    // Rejoining puts him back; a PART takes him out again, and eve never hears of either.
+    bob.send("JOIN #k").await;
+    bob.expect(|l| l.contains(" 366 ")).await;
+    alice.send("PRIVMSG #k :once again").await;
+    bob.expect(|l| l.contains("PRIVMSG #k :once again")).await;
+    bob.send("PART #k").await;
+    bob.expect(|l| l.starts_with(":bob!") && l.contains(" PART #k"))
+        .await;
+    alice.send("PRIVMSG #k :all gone").await;
+    eve.expect(|l| {
+        not_membership(l);
+        l.contains("PRIVMSG #k :all gone")
+    })
+    .await;
+    eve.send("PRIVMSG bob :marker two").await;
+    let next = bob.expect(|l| l.contains(" PRIVMSG ")).await;
+    assert!(next.ends_with(":marker two"), "bob parted, yet got: {next}");
+}

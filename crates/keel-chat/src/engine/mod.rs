@@ -165,16 +165,17 @@ pub struct ModeChange {
     pub arg: Option<String>,
 }
 
-/// The result of a JOIN: what the joiner is told and who hears of it. Member ids only, not
-/// their records, so that a join costs O(members) ids rather than O(members) records; NAMES
-/// reads the records with [`ChatEngine::channel`] when the client wants them.
+/// The result of a JOIN: what the joiner is told. No member list: who hears of the join is
+/// found from each node's local channel index ([`crate::index`]), so a join into a channel of
+/// N members costs O(1) from the store, not N ids; NAMES reads the records with
+/// [`ChatEngine::channel`] when the client wants them.
 #[derive(Debug, Clone)]
 pub struct Joined {
     /// The channel's name as created.
     pub name: String,
     pub topic: Option<Topic>,
-    /// Every member after the join, the joiner included.
-    pub members: Vec<ClientId>,
+    /// Members after the join, the joiner included.
+    pub members: usize,
     /// The joiner created the channel (and is its first op).
     pub created: bool,
 }
@@ -327,12 +328,13 @@ pub trait ChatEngine: Send + Sync + 'static {
         by: ClientId,
         target: ClientId,
     ) -> impl Future<Output = Result<Vec<ClientId>, EngineError>> + Send;
-    /// Checks that `id` may speak in `channel` (+n, +b); returns the members.
+    /// Checks that `id` may speak in `channel` (+n, +b). Permission only: the audience comes
+    /// from each node's local channel index, not from a member list per message.
     fn can_send(
         &self,
         channel: &str,
         id: ClientId,
-    ) -> impl Future<Output = Result<Vec<ClientId>, EngineError>> + Send;
+    ) -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Creates an account with an argon2 password hash.
     fn create_account(

@@ -772,15 +772,10 @@ impl ChatEngine for RedisEngine {
                 setter: text(&header[2]).unwrap_or_default(),
                 time: num(&header[3]).unwrap_or(0),
             });
-            let mut members = items(members)?
-                .iter()
-                .map(num::<ClientId>)
-                .collect::<Option<Vec<_>>>()?;
-            members.sort_unstable();
             Some(Joined {
                 name: text(&header[0])?,
                 topic,
-                members,
+                members: num::<usize>(&members)?,
                 created: num::<u8>(&created)? == 1,
             })
         })();
@@ -920,10 +915,10 @@ impl ChatEngine for RedisEngine {
         sorted_ids(rest.pop().ok_or_else(|| malformed("invite"))?)
     }
 
-    async fn can_send(&self, channel: &str, id: ClientId) -> Result<Vec<ClientId>, EngineError> {
+    async fn can_send(&self, channel: &str, id: ClientId) -> Result<(), EngineError> {
         let args = [id.to_string(), casefold(channel)];
-        let mut rest = self.eval_status(&self.scripts.can_send, &args).await?;
-        sorted_ids(rest.pop().ok_or_else(|| malformed("can_send"))?)
+        self.eval_status(&self.scripts.can_send, &args).await?;
+        Ok(())
     }
 
     async fn create_account(&self, name: &str, hash: &str) -> Result<(), EngineError> {

@@ -52,6 +52,10 @@ pub struct ChatLoadArgs {
 #[derive(Debug, Clone, Default)]
 struct Orders {
     channel: Option<String>,
+    /// When the JOIN order was given, and how many JOINs per second this process sends
+    /// (0: all at once): client k of the process joins k / rate seconds after it.
+    join_at: Option<tokio::time::Instant>,
+    join_rate: f64,
     /// Bumped by `cut`: clients whose generation is older drop their connection.
     cut: u64,
 }
@@ -60,6 +64,8 @@ struct Orders {
 struct Stats {
     registered: AtomicUsize,
     joined: AtomicUsize,
+    /// JOINs the server refused (`FAIL JOIN ...`, e.g. the store timed out).
+    join_failed: AtomicUsize,
     registrations: AtomicU64,
     failed_attempts: AtomicU64,
     /// Failed attempts the server answered with a retry hint (paced out, not broken).
@@ -74,6 +80,8 @@ struct Stats {
     fan_latency: Mutex<Option<Histogram<u64>>>,
     fan_max: Mutex<Vec<u64>>,
     first_error: Mutex<Option<String>>,
+    /// Why the first connection that ended (after registering) ended.
+    first_disconnect: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -100,6 +108,7 @@ pub async fn chat_load(args: ChatLoadArgs) -> anyhow::Result<ExitCode> {
         let node = i % args.nodes.len();
         let c = ClientTask {
             index: i,
+            local: k,
             node,
             addr: args.nodes[node],
             stats: stats.clone(),
@@ -131,8 +140,14 @@ pub async fn chat_load(args: ChatLoadArgs) -> anyhow::Result<ExitCode> {
         match cmd["cmd"].as_str() {
             Some("join") => {
                 let channel = cmd["channel"].as_str().unwrap_or("#bench").to_owned();
+                let rate = cmd["rate"].as_f64().unwrap_or(0.0).max(0.0);
                 stats.joined.store(0, Ordering::Relaxed);
-                orders_tx.send_modify(|o| o.channel = Some(channel));
+                stats.join_failed.store(0, Ordering::Relaxed);
+                orders_tx.send_modify(|o| {
+                    o.channel = Some(channel);
+                    o.join_at = Some(tokio::time::Instant::now());
+                    o.join_rate = rate;
+                });
             }
             Some("cut") => orders_tx.send_modify(|o| o.cut += 1),
             Some("report") => {
@@ -153,6 +168,7 @@ fn status_json(s: &Stats) -> Value {
         "event": "status",
         "registered": s.registered.load(Ordering::Relaxed),
         "joined": s.joined.load(Ordering::Relaxed),
+        "join_failed": s.join_failed.load(Ordering::Relaxed),
         "registrations": s.registrations.load(Ordering::Relaxed),
         "failed_attempts": s.failed_attempts.load(Ordering::Relaxed),
         "refused_with_hint": s.refused_with_hint.load(Ordering::Relaxed),
@@ -161,6 +177,7 @@ fn status_json(s: &Stats) -> Value {
         "last_rx_us": s.last_rx_us.load(Ordering::Relaxed),
         "per_node": s.per_node.iter().map(|n| n.load(Ordering::Relaxed)).collect::<Vec<_>>(),
         "first_error": s.first_error.lock().clone(),
+        "first_disconnect": s.first_disconnect.lock().clone(),
     })
 }
 
@@ -193,6 +210,8 @@ pub fn merge_hist(into: &mut Histogram<u64>, v: &Value) {
 
 struct ClientTask {
     index: usize,
+    /// Position in this process (paces the JOINs).
+    local: usize,
     node: usize,
     addr: SocketAddr,
     stats: Arc<Stats>,
@@ -264,6 +283,10 @@ impl ClientTask {
             self.stats.registered.fetch_sub(1, Ordering::Relaxed);
             self.stats.per_node[self.node].fetch_sub(1, Ordering::Relaxed);
             self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .first_disconnect
+                .lock()
+                .get_or_insert_with(|| ended.error.clone());
             // A connection that ended is a failure to back off from, like a refused one.
             let unit = rand::rng().random::<f64>();
             tokio::time::sleep(backoff.next_delay(unit, ended.hint)).await;
@@ -291,10 +314,13 @@ impl ClientTask {
                 format!("c{}_{t}", self.index)
             }
         };
-        // draft/no-implicit-names (when the server has it): no NAMES burst per JOIN, which a
-        // client of a 10,000-member channel does not want; a NAK changes nothing.
+        // draft/no-implicit-names: no NAMES burst per JOIN; keel.dev/no-membership: no JOIN,
+        // PART or QUIT of the other members. A client of a 10,000-member channel that does
+        // not track its members wants neither (without the second, N members joining cost
+        // N² JOIN lines). Asked for separately, so a server without one still grants the
+        // other; a NAK changes nothing.
         let hello = format!(
-            "CAP REQ :draft/no-implicit-names\r\nNICK {}\r\nUSER c 0 * :bench\r\nCAP END\r\n",
+            "CAP REQ :draft/no-implicit-names\r\nCAP REQ :keel.dev/no-membership\r\nNICK {}\r\nUSER c 0 * :bench\r\nCAP END\r\n",
             nick(*nick_try)
         );
         stream
@@ -356,6 +382,8 @@ impl ClientTask {
         let my_join = format!(":{nick}!");
         let my_cut = self.orders.borrow().cut;
         let mut joined: Option<String> = None;
+        // A JOIN ordered but not yet due (paced), and when it is due.
+        let mut join_due: Option<(String, tokio::time::Instant)> = None;
         let mut line = Vec::with_capacity(512);
         // Orders given before this connection (a reconnect) apply at once.
         self.orders.mark_changed();
@@ -371,12 +399,18 @@ impl ClientTask {
                     }
                     if let Some(c) = orders.channel {
                         if joined.as_deref() != Some(c.as_str()) {
-                            let join = format!("JOIN {c}\r\n");
-                            if stream.get_mut().write_all(join.as_bytes()).await.is_err() {
-                                return Ended { error: "write".into(), hint: None };
-                            }
-                            joined = Some(c);
+                            let at = join_time(orders.join_at, orders.join_rate, self.local);
+                            join_due = Some((c, at));
                         }
+                    }
+                }
+                _ = tokio::time::sleep_until(join_due.as_ref().map_or_else(tokio::time::Instant::now, |d| d.1)), if join_due.is_some() => {
+                    if let Some((c, _)) = join_due.take() {
+                        let join = format!("JOIN {c}\r\n");
+                        if stream.get_mut().write_all(join.as_bytes()).await.is_err() {
+                            return Ended { error: "write".into(), hint: None };
+                        }
+                        joined = Some(c);
                     }
                 }
                 r = stream.read_until(b'\n', &mut line) => {
@@ -406,6 +440,8 @@ impl ClientTask {
                         max[seq] = max[seq].max(lat);
                     } else if joined.is_some() && is_own_join(&line, &my_join) {
                         self.stats.joined.fetch_add(1, Ordering::Relaxed);
+                    } else if joined.is_some() && is_join_failure(&line) {
+                        self.stats.join_failed.fetch_add(1, Ordering::Relaxed);
                     }
                     line.clear();
                     if line.capacity() > 4096 {
@@ -414,6 +450,23 @@ impl ClientTask {
                 }
             }
         }
+    }
+}
+
+/// When client `local` of a process sends its JOIN: `local / rate` seconds after the order
+/// (at once with no rate, or when the order is older than that: a reconnect).
+fn join_time(
+    ordered: Option<tokio::time::Instant>,
+    rate: f64,
+    local: usize,
+) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match ordered {
+        Some(at) if rate > 0.0 && rate.is_finite() => {
+            let offset = Duration::from_secs_f64((local as f64 / rate).min(3600.0));
+            (at + offset).max(now)
+        }
+        _ => now,
     }
 }
 
@@ -431,6 +484,16 @@ pub fn fan_message(line: &[u8]) -> Option<(u64, u64)> {
 /// The server's echo of this client's own JOIN (`:nick!user@host JOIN #chan`).
 fn is_own_join(line: &[u8], prefix: &str) -> bool {
     line.starts_with(prefix.as_bytes()) && line.split(|b| *b == b' ').nth(1) == Some(b"JOIN")
+}
+
+/// A refused JOIN: `:server FAIL JOIN <code> ...` (the JOIN may still have been applied
+/// by the store after the node stopped waiting, so the client is a member without knowing).
+fn is_join_failure(line: &[u8]) -> bool {
+    let mut words = line.split(|b| *b == b' ');
+    if line.starts_with(b":") {
+        words.next();
+    }
+    words.next() == Some(b"FAIL") && words.next() == Some(b"JOIN")
 }
 
 /// The parent's handle on one load process.
@@ -548,6 +611,22 @@ mod tests {
         assert!(is_own_join(b":c1!~c@h JOIN #fan\r\n", ":c1!"));
         assert!(!is_own_join(b":c12!~c@h JOIN #fan\r\n", ":c1!"));
         assert!(!is_own_join(b":c1!~c@h PART #fan\r\n", ":c1!"));
+        assert!(is_join_failure(
+            b":keel FAIL JOIN TEMPORARILY_UNAVAILABLE :The network is degraded\r\n"
+        ));
+        assert!(is_join_failure(b"FAIL JOIN X :y\r\n"));
+        assert!(!is_join_failure(b":keel FAIL PRIVMSG X :y\r\n"));
+        assert!(!is_join_failure(b":c1!~c@h JOIN #fan\r\n"));
+    }
+
+    #[test]
+    fn joins_are_spread_by_rate() {
+        let t0 = tokio::time::Instant::now();
+        assert!(join_time(Some(t0), 0.0, 5000) <= tokio::time::Instant::now());
+        assert!(join_time(None, 100.0, 5000) <= tokio::time::Instant::now());
+        let at = join_time(Some(t0), 100.0, 250);
+        assert_eq!(at.duration_since(t0), Duration::from_millis(2500));
+        assert!(join_time(Some(t0), 100.0, 0) <= tokio::time::Instant::now());
     }
 
     #[test]

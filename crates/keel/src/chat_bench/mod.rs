@@ -101,6 +101,10 @@ pub struct ChatBenchArgs {
     /// Messages sent to the fan-out channel, one at a time.
     #[arg(long, default_value_t = 20)]
     pub fanout_messages: u32,
+    /// Fan-out: JOINs per second while the members join, spread over the load processes;
+    /// 0 sends them all at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub fanout_join_rate: f64,
     /// Pause between fan-out messages.
     #[arg(long, default_value = "500ms", value_parser = keel_core::parse_duration)]
     pub fanout_interval: Duration,
@@ -203,6 +207,10 @@ pub async fn bench(args: ChatBenchArgs) -> anyhow::Result<ExitCode> {
     }
     keel_bench::print_report(&report, args.json);
     match result {
+        Ok(()) if std::env::var_os("KEEL_BENCH_KEEP_LOGS").is_some() => {
+            eprintln!("keel bench chat: logs kept in {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Ok(()) => {
             let _ = std::fs::remove_dir_all(&dir);
             Ok(ExitCode::SUCCESS)

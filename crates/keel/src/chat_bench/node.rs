@@ -116,6 +116,10 @@ fn spawn(index: usize, addr: SocketAddr, spec: &NodeSpec, start: u32) -> anyhow:
     .stdout(Stdio::null())
     .stderr(Stdio::from(log))
     .kill_on_drop(true);
+    // Worker threads per node (tokio's TOKIO_WORKER_THREADS), to compare thread layouts.
+    if let Some(n) = std::env::var_os("KEEL_BENCH_NODE_WORKERS") {
+        cmd.env("TOKIO_WORKER_THREADS", n);
+    }
     if spec.engine == BenchEngine::Redis {
         // A key prefix of this run: nodes of one run share it, runs never see each other.
         cmd.args(["--redis", &spec.redis]).env(

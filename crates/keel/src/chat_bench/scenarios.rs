@@ -281,8 +281,13 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
     )
     .await?;
     let channel = "#fan";
+    let join_started = Instant::now();
+    let loads_n = loads.len().max(1);
     for l in loads.iter_mut() {
-        l.command(json!({"cmd": "join", "channel": channel}))
+        // Paced: each member's JOIN goes to every member (O(N²) lines in all), so all at
+        // once would bury the members' sockets; the rate is split over the load processes.
+        let rate = args.fanout_join_rate / loads_n as f64;
+        l.command(json!({"cmd": "join", "channel": channel, "rate": rate}))
             .await?;
     }
     let joined = wait_for(
@@ -290,10 +295,29 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
         &mut loads,
         "joined",
         registered,
-        Duration::from_secs(20),
+        Duration::from_secs(20)
+            + Duration::from_secs_f64(registered as f64 / args.fanout_join_rate.max(1.0)),
     )
     .await?;
     wait_quiet(&loads, Duration::from_secs(1), Duration::from_secs(600)).await;
+    // `wait_for` returns when the count reaches the goal or stops moving for a while; the
+    // JOIN echoes of the last joiners can arrive after that (behind the other members' JOINs
+    // in their sockets), so the count is read again once the channel is quiet.
+    let joined = joined.max(total(&loads, "joined"));
+    let join_failed = total(&loads, "join_failed");
+    let disconnects = total(&loads, "disconnects");
+    if disconnects > 0 {
+        let why = loads.iter().find_map(|l| {
+            l.status.lock()["first_disconnect"]
+                .as_str()
+                .map(str::to_owned)
+        });
+        eprintln!(
+            "keel bench chat: {disconnects} member connection(s) ended while joining (first: {})",
+            why.unwrap_or_default()
+        );
+    }
+    let join_elapsed = join_started.elapsed();
 
     // The sender: one more member, on node 0.
     let sender = parent_client(addrs[0], 5_000_000, "fansender").await?;
@@ -348,10 +372,26 @@ pub async fn fanout(args: &ChatBenchArgs, dir: &Path) -> anyhow::Result<Scenario
             .with("nodes", k as u64)
             .with("members", registered)
             .with("join_echoes_seen", joined)
+            .with("join_failures", join_failed)
+            .with("member_disconnects", disconnects)
+            .with("join_phase_ms", join_elapsed.as_millis() as u64)
+            .with("join_rate_per_sec", args.fanout_join_rate)
+            .with(
+                "message_spacing_ms",
+                args.fanout_interval.as_millis() as u64,
+            )
+            .with(
+                "messages_overlapping_next",
+                fan_max
+                    .iter()
+                    .filter(|m| **m >= args.fanout_interval.as_micros() as u64)
+                    .count() as u64,
+            )
             .with("messages", u64::from(args.fanout_messages))
             .with("deliveries_expected", expected)
             .with("deliveries_missing", expected.saturating_sub(deliveries))
             .with("max_us", hist.max())
+            .with("last_delivery_us_per_message", json!(fan_max))
             .with(
                 "mean_last_delivery_us",
                 (busy.as_micros() as u64) / (fan_max.len().max(1) as u64),
