@@ -585,14 +585,17 @@ async fn run_job(
                 job,
                 cancel: lost.clone(),
             };
+            // Biased, the handler first: a job that finishes at its first poll (most short
+            // jobs) never registers a timer or a waiter on the shared cancel tokens.
             tokio::select! {
+                biased;
                 result = handler.run(ctx) => Some(result),
-                _ = tokio::time::sleep(timeout) => Some(Err(JobError::retry(format!("timed out after {timeout:?}")))),
                 _ = lost.cancelled() => None,
                 _ = abort.cancelled() => {
                     handback.lock().push((queue.clone(), lease.clone()));
                     None
                 }
+                _ = tokio::time::sleep(timeout) => Some(Err(JobError::retry(format!("timed out after {timeout:?}")))),
             }
         }
     };
