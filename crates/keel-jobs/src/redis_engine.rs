@@ -239,7 +239,8 @@ impl RedisEngine {
         let mut out = Vec::with_capacity(ids.len());
         let mut values = values.into_iter();
         for id in ids {
-            let (Some(map), Some(record), Some(fin)) = (values.next(), values.next(), values.next())
+            let (Some(map), Some(record), Some(fin)) =
+                (values.next(), values.next(), values.next())
             else {
                 break;
             };
@@ -319,8 +320,7 @@ impl RedisEngine {
             serde_json::to_writer(&mut body, &StoredSpecRef::from(spec))
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
             let body = String::from_utf8(body).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            let opts = if spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none()
-            {
+            let opts = if spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none() {
                 String::new()
             } else {
                 format!(
@@ -836,10 +836,7 @@ impl Engine for RedisEngine {
                             .rev()
                             .filter_map(|e| e.get(13..).map(str::to_string))
                             .collect();
-                        part.extend(
-                            self.range("LRANGE", format!("{base}recent"), limit)
-                                .await?,
-                        );
+                        part.extend(self.range("LRANGE", format!("{base}recent"), limit).await?);
                         part
                     }
                 };
@@ -1172,5 +1169,54 @@ impl Engine for RedisEngine {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const SPEC: &str = r#"{"k":"noop","d":{"a":"x|y"},"p":5,"m":3,"t":1000}"#;
+
+    #[test]
+    fn compact_records_decode_in_every_state() {
+        let queued = format!("*{ID}|1700000000000|5|3|{SPEC}");
+        let job = decode_compact(ID, "q", &queued).unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.priority),
+            (JobState::Queued, 0, 5)
+        );
+        assert_eq!(job.created_at, 1_700_000_000_000);
+        assert_eq!(job.enqueued_at, Some(job.created_at));
+        assert_eq!(job.payload["a"], "x|y");
+        // A worker id may hold '|': its length is recorded before it.
+        let running = format!("r1700000000500|5|w|1|2{queued}");
+        let mut job = decode_compact(ID, "q", &running).unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+        assert_eq!(job.worker.as_deref(), Some("w|1|2"));
+        assert_eq!(job.started_at, Some(1_700_000_000_500));
+        apply_fin(&mut job, r#"1700000000900|{"ok":1}"#);
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.finished_at, Some(1_700_000_000_900));
+        assert_eq!(job.result, Some(serde_json::json!({"ok": 1})));
+        assert!(decode_compact(ID, "q", "r12|99|short").is_err());
+        assert!(decode_compact(ID, "q", "garbage").is_err());
+    }
+
+    #[test]
+    fn fetched_elements_of_both_kinds_decode() {
+        let compact = format!("*{ID}|1700000000000|5|3|{SPEC}");
+        let job = decode_fetched("q", "w", 1_700_000_000_100, &compact).unwrap();
+        assert_eq!((job.id.as_str(), job.attempts), (ID, 1));
+        assert_eq!(job.run_at, Some(1_700_000_000_000));
+        let hashed = format!("{ID}|2|1700000000000|1700000000050|1700000000040|{SPEC}");
+        let job = decode_fetched("q", "w", 1_700_000_000_100, &hashed).unwrap();
+        assert_eq!(job.attempts, 3);
+        assert_eq!(job.enqueued_at, Some(1_700_000_000_050));
+        assert_eq!(job.run_at, Some(1_700_000_000_040));
+        assert_eq!(element_id(&compact), ID);
+        assert_eq!(element_id(&hashed), ID);
+        assert_eq!(element_id(ID), ID);
     }
 }

@@ -669,14 +669,15 @@ async fn ack_loop(
     let mut held = 0usize;
     let mut failures = 0u32;
     let mut closed = false;
-    let hold = |pending: &mut HashMap<Arc<str>, Vec<Completion>>, queue: Arc<str>, c: Completion| {
-        match pending.get_mut(&queue) {
-            Some(batch) => batch.push(c),
-            None => {
-                pending.insert(queue, vec![c]);
+    let hold =
+        |pending: &mut HashMap<Arc<str>, Vec<Completion>>, queue: Arc<str>, c: Completion| {
+            match pending.get_mut(&queue) {
+                Some(batch) => batch.push(c),
+                None => {
+                    pending.insert(queue, vec![c]);
+                }
             }
-        }
-    };
+        };
     loop {
         if held == 0 {
             if closed {
