@@ -226,7 +226,7 @@ impl QueueMetrics {
 }
 
 struct RunningJob {
-    queue: String,
+    queue: Arc<str>,
     attempt: u32,
     lost: CancellationToken,
 }
@@ -489,7 +489,7 @@ impl Worker {
                 running.lock().insert(
                     job.id.clone(),
                     RunningJob {
-                        queue: job.queue.clone(),
+                        queue: queue_metrics.name.clone(),
                         attempt: job.attempts,
                         lost: lost.clone(),
                     },
@@ -626,7 +626,8 @@ async fn run_job(
                     handback.lock().push((queue.to_string(), lease.clone()));
                     None
                 }
-                _ = tokio::time::sleep(timeout) => Some(Err(JobError::retry(format!("timed out after {timeout:?}")))),
+                // (Built when first polled: no clock read for a job done at its first poll.)
+                _ = async { tokio::time::sleep(timeout).await } => Some(Err(JobError::retry(format!("timed out after {timeout:?}")))),
             }
         }
     };
@@ -759,7 +760,7 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let mut by_queue: HashMap<String, Vec<Lease>> = HashMap::new();
+        let mut by_queue: HashMap<Arc<str>, Vec<Lease>> = HashMap::new();
         let count = {
             let guard = running.lock();
             for (id, job) in guard.iter() {
@@ -781,7 +782,7 @@ async fn heartbeat_loop(
                         }
                     }
                 }
-                Err(e) => tracing::warn!(queue, error = %e, "heartbeat failed"),
+                Err(e) => tracing::warn!(queue = &*queue, error = %e, "heartbeat failed"),
             }
         }
         let info = WorkerInfo {
