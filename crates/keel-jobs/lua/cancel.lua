@@ -1,10 +1,13 @@
 -- Cancel a job that has not finished. A running job's worker learns it at its next heartbeat.
+-- (Prepended with compact.lua.)
 -- KEYS[1] = queue base; ARGV = id, retention_ms, recent_cap
 -- Returns 'ok', 'missing', or the job's final state (a conflict).
 local base = KEYS[1]
 local id, retention, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HEXISTS', base .. 'fin', id) == 1 then return 'succeeded' end
+materialize(base, id)
 local key = base .. 'job:' .. id
 local f = redis.call('HMGET', key, 'st', 'uk', 'att')
 local st = f[1]

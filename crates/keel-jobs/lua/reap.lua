@@ -1,6 +1,6 @@
 -- Re-queue jobs whose lease expired (their worker is gone); past max_attempts they die.
 -- Also drops dead-set entries older than the dead retention and succeeded jobs past their
--- retention. All bounded by ARGV[1] (<= 1000).
+-- retention. All bounded by ARGV[1] (<= 1000). (Prepended with compact.lua.)
 -- KEYS[1] = queue base; ARGV = limit, dead_retention_ms, recent_cap
 local base = KEYS[1]
 local limit, dead_retention, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -11,9 +11,10 @@ local n = 0
 for _, member in ipairs(expired) do
   redis.call('ZREM', base .. 'inflight', member)
   local id = string.match(member, '^[^|]+')
+  materialize(base, id)
   local key = base .. 'job:' .. id
   local f = redis.call('HMGET', key, 'st', 'att', 'max', 'p', 'uk', 'ca', 'ra', 'spec')
-  if f[1] == 'running' then
+  if f[1] == 'running' and redis.call('HEXISTS', base .. 'fin', id) == 0 then
     n = n + 1
     if tonumber(f[2]) >= tonumber(f[3]) then
       redis.call('HSET', key, 'st', 'dead', 'err', 'lease expired: worker lost', 'fa', now)
@@ -36,17 +37,6 @@ for _, member in ipairs(expired) do
 end
 local old = redis.call('ZRANGEBYSCORE', base .. 'dead', '-inf', now - dead_retention, 'LIMIT', 0, limit)
 if #old > 0 then redis.call('ZREM', base .. 'dead', unpack(old)) end
--- Succeeded jobs past their retention (see complete.lua): "expiry(13 digits)..id", time ordered.
-local nowstamp = string.format('%013d', now)
-local first = redis.call('LINDEX', base .. 'done', 0)
-if first and string.sub(first, 1, 13) <= nowstamp then
-  local head = redis.call('LRANGE', base .. 'done', 0, limit - 1)
-  local gone = {}
-  for _, e in ipairs(head) do
-    if string.sub(e, 1, 13) > nowstamp then break end
-    gone[#gone + 1] = base .. 'job:' .. string.sub(e, 14)
-  end
-  redis.call('UNLINK', unpack(gone))
-  redis.call('LTRIM', base .. 'done', #gone, -1)
-end
+-- Succeeded jobs past their retention (see complete.lua).
+forget_done(base, now, limit)
 return n

@@ -23,6 +23,10 @@ impl Handler for NoopHandler {
     async fn run(&self, _ctx: JobContext) -> Result<Option<Value>, JobError> {
         Ok(None)
     }
+
+    fn inline(&self) -> bool {
+        true
+    }
 }
 
 /// `shell` payload.

@@ -1,12 +1,16 @@
 //! The Redis engine: one Lua script per state transition, keys hash-tagged per queue.
 //!
 //! Layout under `prefix:{q:NAME}:` (one Redis Cluster slot per queue):
-//! `job:ID` (hash), `ready:P` (list per priority of `id|attempt|created|enqueued|run_at|spec`
-//! elements, so that a fetch reads no hash; `stale` counts elements a cancel left behind), `prios` (zset of non-empty priorities),
-//! `scheduled` (zset by run-at), `inflight` (zset of `id|attempt` by lease expiry), `dead` (zset by death
-//! time), `recent` (capped list of finished ids), `done` (list of `expiry..id` of succeeded jobs,
-//! trimmed by `complete.lua` and `reap.lua` in bounded steps), `uniq:KEY`, `stats` and `cfg`
-//! (hashes).
+//! `jobs` (hash: the record of every compact job, i.e. one enqueued ready at once without a
+//! unique key, while it is queued or running; see `lua/compact.lua`), `fin` (hash: the finish
+//! time and result of every succeeded job still retained), `job:ID` (hash per job for the
+//! rare paths: delayed, unique, retrying, dead, cancelled, handed back, re-queued),
+//! `ready:P` (list per priority of elements carrying the whole job, so that a fetch reads no
+//! hash; `stale` counts elements a cancel left behind), `prios` (zset of non-empty priorities),
+//! `scheduled` (zset by run-at), `inflight` (zset of `id|attempt` by lease expiry), `dead` (zset
+//! by death time), `recent` (capped list of dead and cancelled ids), `done` (list of
+//! `expiry..id` of succeeded jobs, forgotten by `complete.lua` and `reap.lua` in bounded steps),
+//! `uniq:KEY`, `stats` and `cfg` (hashes).
 //! Global keys: `prefix:queues` (set), `prefix:workers` (zset) + `prefix:worker:ID`,
 //! `prefix:schedules` (hash), and `prefix:{cron}:…` for leader election and fire dedup.
 
@@ -52,11 +56,35 @@ impl Scripts {
             enqueue: LuaScript::new("jobs_enqueue", include_str!("../lua/enqueue.lua")),
             fetch: LuaScript::new("jobs_fetch", include_str!("../lua/fetch.lua")),
             heartbeat: LuaScript::new("jobs_heartbeat", include_str!("../lua/heartbeat.lua")),
-            complete: LuaScript::new("jobs_complete", include_str!("../lua/complete.lua")),
-            release: LuaScript::new("jobs_release", include_str!("../lua/release.lua")),
+            complete: LuaScript::new(
+                "jobs_complete",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/complete.lua")
+                ),
+            ),
+            release: LuaScript::new(
+                "jobs_release",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/release.lua")
+                ),
+            ),
             promote: LuaScript::new("jobs_promote", include_str!("../lua/promote.lua")),
-            reap: LuaScript::new("jobs_reap", include_str!("../lua/reap.lua")),
-            cancel: LuaScript::new("jobs_cancel", include_str!("../lua/cancel.lua")),
+            reap: LuaScript::new(
+                "jobs_reap",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/reap.lua")
+                ),
+            ),
+            cancel: LuaScript::new(
+                "jobs_cancel",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/cancel.lua")
+                ),
+            ),
             retry: LuaScript::new("jobs_retry", include_str!("../lua/retry.lua")),
             stats: LuaScript::new("jobs_stats", include_str!("../lua/stats.lua")),
             leader: LuaScript::new("jobs_leader", include_str!("../lua/leader.lua")),
@@ -186,27 +214,50 @@ impl RedisEngine {
         Ok(names)
     }
 
-    /// Reads jobs of one queue by id (pipelined HGETALL); missing ones are skipped.
+    /// Reads jobs of one queue by id: its own hash, its compact record and its success (one
+    /// pipeline); missing ones are skipped.
     async fn read_jobs(&self, queue: &str, ids: &[String]) -> EngineResult<Vec<Job>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let base = self.base(queue);
+        let (jobs, fin) = (format!("{base}jobs"), format!("{base}fin"));
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HGETALL").arg(format!("{base}job:{id}"));
+            pipe.cmd("HGET").arg(&jobs).arg(id);
+            pipe.cmd("HGET").arg(&fin).arg(id);
         }
         let mut conn = self.conn();
-        let maps: Vec<HashMap<String, String>> = self
+        let values: Vec<redis::Value> = self
             .redis
             .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
             .await?;
+        if values.len() != ids.len() * 3 {
+            return Err(EngineError::Corrupt("short job read reply".into()));
+        }
         let mut out = Vec::with_capacity(ids.len());
-        for (id, map) in ids.iter().zip(maps) {
-            if map.is_empty() {
+        let mut values = values.into_iter();
+        for id in ids {
+            let (Some(map), Some(record), Some(fin)) =
+                (values.next(), values.next(), values.next())
+            else {
+                break;
+            };
+            let map: HashMap<String, String> = from_value(map)?;
+            let record: Option<String> = from_value(record)?;
+            let fin: Option<String> = from_value(fin)?;
+            let mut job = if !map.is_empty() {
+                decode_job(id, queue, &map)?
+            } else if let Some(record) = record {
+                decode_compact(id, queue, &record)?
+            } else {
                 continue;
+            };
+            if let Some(fin) = fin {
+                apply_fin(&mut job, &fin);
             }
-            out.push(decode_job(id, queue, &map)?);
+            out.push(job);
         }
         Ok(out)
     }
@@ -221,8 +272,9 @@ impl RedisEngine {
         }
         let mut pipe = redis::pipe();
         for name in &names {
-            pipe.cmd("EXISTS")
-                .arg(format!("{}job:{id}", self.base(name)));
+            let base = self.base(name);
+            pipe.cmd("EXISTS").arg(format!("{base}job:{id}"));
+            pipe.cmd("HEXISTS").arg(format!("{base}jobs")).arg(id);
         }
         let mut conn = self.conn();
         let exists: Vec<i64> = self
@@ -231,8 +283,8 @@ impl RedisEngine {
             .await?;
         Ok(names
             .into_iter()
-            .zip(exists)
-            .find(|(_, e)| *e == 1)
+            .zip(exists.chunks(2))
+            .find(|(_, e)| e.contains(&1))
             .map(|(n, _)| n))
     }
 
@@ -258,24 +310,35 @@ impl RedisEngine {
         specs: impl ExactSizeIterator<Item = &JobSpec>,
     ) -> EngineResult<Vec<Enqueued>> {
         let n = specs.len();
-        let mut args = Vec::with_capacity(1 + n * 7);
+        let mut args = Vec::with_capacity(1 + n * 4);
         let mut out = Vec::with_capacity(n);
         args.push(n.to_string());
         for spec in specs {
-            let stored = serde_json::to_string(&StoredSpecRef::from(spec))
+            // body = "priority|max_attempts|spec"; opts = "" for a job ready at once without a
+            // unique key (a compact job, see compact.lua), else "delay|run_at|unique_key".
+            let mut body = format!("{}|{}|", spec.priority, spec.max_attempts).into_bytes();
+            serde_json::to_writer(&mut body, &StoredSpecRef::from(spec))
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let body = String::from_utf8(body).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let opts = if spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none() {
+                String::new()
+            } else {
+                format!(
+                    "{}|{}|{}",
+                    spec.delay_ms,
+                    spec.run_at.unwrap_or(-1),
+                    spec.unique_key.as_deref().unwrap_or("")
+                )
+            };
             let id = new_id();
+            args.push(id.clone());
             out.push(Enqueued {
-                id: id.clone(),
+                id,
                 duplicate: false,
             });
-            args.push(id);
-            args.push(stored);
             args.push(spec.priority.to_string());
-            args.push(spec.max_attempts.to_string());
-            args.push(spec.unique_key.clone().unwrap_or_default());
-            args.push(spec.delay_ms.to_string());
-            args.push(spec.run_at.unwrap_or(-1).to_string());
+            args.push(opts);
+            args.push(body);
         }
         // Only duplicates come back: (position from 1, the live job's id).
         let duplicates: Vec<(usize, String)> = self
@@ -346,25 +409,50 @@ fn decode_job(id: &str, queue: &str, map: &HashMap<String, String>) -> EngineRes
     })
 }
 
-/// The job id of a ready list element (`id|attempt|created|enqueued|run_at|spec`, see
-/// `fetch.lua`) or of an in-flight member (`id|attempt`); without `|`, a bare id.
+/// The job id of a ready list element (`*id|...` for a compact job, `id|attempt|...` for a job
+/// in its own hash, see `fetch.lua`) or of an in-flight member (`id|attempt`); without `|`, a
+/// bare id.
 fn element_id(element: &str) -> &str {
+    let element = element.strip_prefix('*').unwrap_or(element);
     element.split_once('|').map_or(element, |(id, _)| id)
 }
 
-/// One fetched job: a ready list element `id|attempt|created|enqueued|run_at|spec` whose attempt
-/// is the one before this fetch (`started` is the script's `now`, sent once per batch).
+fn from_value<T: redis::FromRedisValue>(value: redis::Value) -> EngineResult<T> {
+    redis::from_redis_value(value).map_err(|e| EngineError::Corrupt(e.to_string()))
+}
+
+fn num(s: &str) -> i64 {
+    s.parse::<i64>().unwrap_or(0)
+}
+
+fn parse_spec(id: &str, json: &str) -> EngineResult<StoredSpec> {
+    serde_json::from_str(json).map_err(|e| EngineError::Corrupt(format!("job {id}: spec: {e}")))
+}
+
+/// One fetched job (`started` is the script's `now`, sent once per batch): a compact element
+/// `*id|created|priority|max_attempts|spec` (attempt 1 now), or an element
+/// `id|attempt|created|enqueued|run_at|spec` whose attempt is the one before this fetch.
 fn decode_fetched(queue: &str, worker: &str, started: i64, element: &str) -> EngineResult<Job> {
-    let mut fields = element.splitn(6, '|');
-    let mut next = || fields.next().unwrap_or("");
-    let id = next();
-    let num = |s: &str| s.parse::<i64>().unwrap_or(0);
-    let attempt = num(next()).max(0) + 1;
-    let created_at = num(next());
-    let enqueued_at = num(next());
-    let run_at = num(next());
-    let spec: StoredSpec = serde_json::from_str(next())
-        .map_err(|e| EngineError::Corrupt(format!("job {id}: spec: {e}")))?;
+    let (id, attempt, created_at, enqueued_at, run_at, spec) =
+        if let Some(compact) = element.strip_prefix('*') {
+            let mut fields = compact.splitn(5, '|');
+            let mut next = || fields.next().unwrap_or("");
+            let id = next();
+            let created_at = num(next());
+            let _priority = next();
+            let _max = next();
+            (id, 1, created_at, created_at, created_at, next())
+        } else {
+            let mut fields = element.splitn(6, '|');
+            let mut next = || fields.next().unwrap_or("");
+            let id = next();
+            let attempt = num(next()).max(0) + 1;
+            let created_at = num(next());
+            let enqueued_at = num(next());
+            let run_at = num(next());
+            (id, attempt, created_at, enqueued_at, run_at, next())
+        };
+    let spec = parse_spec(id, spec)?;
     Ok(Job {
         id: id.to_string(),
         queue: queue.to_string(),
@@ -385,6 +473,70 @@ fn decode_fetched(queue: &str, worker: &str, started: i64, element: &str) -> Eng
         result: None,
         error: None,
     })
+}
+
+/// A compact job's record in its queue's `jobs` hash (see `compact.lua`): queued
+/// `*id|created|priority|max_attempts|spec`, or running
+/// `r<started>|<worker length>|<worker>` followed by the queued record.
+fn decode_compact(id: &str, queue: &str, record: &str) -> EngineResult<Job> {
+    let corrupt = || EngineError::Corrupt(format!("job {id}: record"));
+    let (state, started_at, worker, queued) = match record.strip_prefix('r') {
+        Some(rest) => {
+            let (started, rest) = rest.split_once('|').ok_or_else(corrupt)?;
+            let (len, rest) = rest.split_once('|').ok_or_else(corrupt)?;
+            let len: usize = len.parse().map_err(|_| corrupt())?;
+            let worker = rest.get(..len).ok_or_else(corrupt)?;
+            let queued = rest.get(len..).ok_or_else(corrupt)?;
+            (
+                JobState::Running,
+                Some(num(started)),
+                Some(worker.to_string()),
+                queued,
+            )
+        }
+        None => (JobState::Queued, None, None, record),
+    };
+    let mut fields = queued.strip_prefix('*').ok_or_else(corrupt)?.splitn(5, '|');
+    let mut next = || fields.next().unwrap_or("");
+    let _id = next();
+    let created_at = num(next());
+    let _priority = next();
+    let _max = next();
+    let spec = parse_spec(id, next())?;
+    Ok(Job {
+        id: id.to_string(),
+        queue: queue.to_string(),
+        kind: spec.kind,
+        payload: spec.payload,
+        priority: spec.priority,
+        state,
+        attempts: u32::from(state == JobState::Running),
+        max_attempts: spec.max_attempts,
+        timeout_ms: spec.timeout_ms,
+        run_at: Some(created_at),
+        unique_key: spec.unique_key,
+        created_at,
+        enqueued_at: Some(created_at),
+        started_at,
+        finished_at: None,
+        worker,
+        result: None,
+        error: None,
+    })
+}
+
+/// A success recorded in the `fin` hash (`finished` or `finished|result`) wins over the state
+/// the job's record still shows.
+fn apply_fin(job: &mut Job, fin: &str) {
+    let (finished, result) = match fin.split_once('|') {
+        Some((f, r)) => (f, Some(r)),
+        None => (fin, None),
+    };
+    job.state = JobState::Succeeded;
+    job.finished_at = Some(num(finished));
+    job.result = result
+        .filter(|r| !r.is_empty())
+        .and_then(|r| serde_json::from_str(r).ok());
 }
 
 #[async_trait]
@@ -491,28 +643,19 @@ impl Engine for RedisEngine {
     async fn complete(&self, queue: &str, results: &[Completion]) -> EngineResult<usize> {
         let mut applied = 0;
         for chunk in results.chunks(MAX_ACK_BATCH) {
-            let mut args = Vec::with_capacity(3 + chunk.len() * 4);
+            let mut args = Vec::with_capacity(3 + chunk.len() * 3);
             args.push(ms(self.config.retention).to_string());
             args.push(ms(self.config.dead_retention).to_string());
             args.push(self.config.recent_cap.to_string());
             for c in chunk {
                 args.push(c.lease.id.clone());
                 args.push(c.lease.attempt.to_string());
-                match &c.outcome {
-                    Outcome::Succeeded(result) => {
-                        args.push("ok".into());
-                        args.push(result.as_ref().map(|r| r.to_string()).unwrap_or_default());
-                    }
-                    Outcome::Failed { error, backoff } => {
-                        args.push("fail".into());
-                        args.push(error.clone());
-                        args.push(ms(*backoff).to_string());
-                    }
-                    Outcome::Fatal(error) => {
-                        args.push("fatal".into());
-                        args.push(error.clone());
-                    }
-                }
+                args.push(match &c.outcome {
+                    Outcome::Succeeded(None) => "o".to_string(),
+                    Outcome::Succeeded(Some(result)) => format!("o{result}"),
+                    Outcome::Failed { error, backoff } => format!("f{}|{error}", ms(*backoff)),
+                    Outcome::Fatal(error) => format!("x{error}"),
+                });
             }
             let n: usize = self
                 .invoke(&self.scripts.complete, &[self.base(queue)], &args)
@@ -672,7 +815,29 @@ impl Engine for RedisEngine {
                             .await?
                     }
                     JobState::Succeeded | JobState::Cancelled => {
-                        self.range("LRANGE", format!("{base}recent"), limit).await?
+                        // Successes: the newest entries of `done` ("expiry(13 digits)..id");
+                        // dead and cancelled jobs: `recent`.
+                        let mut conn = self.conn();
+                        let key = format!("{base}done");
+                        let start = -(limit.min(1000) as i64);
+                        let done: Vec<String> = self
+                            .redis
+                            .with_timeout(async {
+                                Ok(redis::cmd("LRANGE")
+                                    .arg(key)
+                                    .arg(start)
+                                    .arg(-1)
+                                    .query_async(&mut conn)
+                                    .await?)
+                            })
+                            .await?;
+                        let mut part: Vec<String> = done
+                            .iter()
+                            .rev()
+                            .filter_map(|e| e.get(13..).map(str::to_string))
+                            .collect();
+                        part.extend(self.range("LRANGE", format!("{base}recent"), limit).await?);
+                        part
                     }
                 };
                 ids.extend(part);
@@ -1004,5 +1169,54 @@ impl Engine for RedisEngine {
             )
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    const SPEC: &str = r#"{"k":"noop","d":{"a":"x|y"},"p":5,"m":3,"t":1000}"#;
+
+    #[test]
+    fn compact_records_decode_in_every_state() {
+        let queued = format!("*{ID}|1700000000000|5|3|{SPEC}");
+        let job = decode_compact(ID, "q", &queued).unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.priority),
+            (JobState::Queued, 0, 5)
+        );
+        assert_eq!(job.created_at, 1_700_000_000_000);
+        assert_eq!(job.enqueued_at, Some(job.created_at));
+        assert_eq!(job.payload["a"], "x|y");
+        // A worker id may hold '|': its length is recorded before it.
+        let running = format!("r1700000000500|5|w|1|2{queued}");
+        let mut job = decode_compact(ID, "q", &running).unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+        assert_eq!(job.worker.as_deref(), Some("w|1|2"));
+        assert_eq!(job.started_at, Some(1_700_000_000_500));
+        apply_fin(&mut job, r#"1700000000900|{"ok":1}"#);
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.finished_at, Some(1_700_000_000_900));
+        assert_eq!(job.result, Some(serde_json::json!({"ok": 1})));
+        assert!(decode_compact(ID, "q", "r12|99|short").is_err());
+        assert!(decode_compact(ID, "q", "garbage").is_err());
+    }
+
+    #[test]
+    fn fetched_elements_of_both_kinds_decode() {
+        let compact = format!("*{ID}|1700000000000|5|3|{SPEC}");
+        let job = decode_fetched("q", "w", 1_700_000_000_100, &compact).unwrap();
+        assert_eq!((job.id.as_str(), job.attempts), (ID, 1));
+        assert_eq!(job.run_at, Some(1_700_000_000_000));
+        let hashed = format!("{ID}|2|1700000000000|1700000000050|1700000000040|{SPEC}");
+        let job = decode_fetched("q", "w", 1_700_000_000_100, &hashed).unwrap();
+        assert_eq!(job.attempts, 3);
+        assert_eq!(job.enqueued_at, Some(1_700_000_000_050));
+        assert_eq!(job.run_at, Some(1_700_000_000_040));
+        assert_eq!(element_id(&compact), ID);
+        assert_eq!(element_id(&hashed), ID);
+        assert_eq!(element_id(ID), ID);
     }
 }

@@ -2,6 +2,7 @@
 //! learn of cancels, batched acks that survive a Redis outage, graceful shutdown.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,15 @@ impl JobError {
 pub trait Handler: Send + Sync + 'static {
     /// Runs one attempt; `Ok` carries the result stored on the job.
     async fn run(&self, ctx: JobContext) -> Result<Option<Value>, JobError>;
+
+    /// True when `run` does only short in-memory work before its first await (no blocking, no
+    /// process spawn): the worker then polls each attempt once on its fetch task and spawns a
+    /// task only for attempts not finished by that first poll, which saves a task per job for
+    /// jobs that finish at once. Default: false (every attempt gets its own task, so the
+    /// synchronous parts of many attempts run in parallel on the runtime's threads).
+    fn inline(&self) -> bool {
+        false
+    }
 }
 
 /// Kind name → handler.
@@ -195,6 +205,8 @@ pub struct WorkerStats {
 
 /// Metric handles of one queue, registered once: a labelled lookup per job is not free.
 struct QueueMetrics {
+    /// The queue's name, shared by its jobs' acks (no String per job).
+    name: Arc<str>,
     started: metrics::Counter,
     succeeded: metrics::Counter,
     failed: metrics::Counter,
@@ -204,6 +216,7 @@ struct QueueMetrics {
 impl QueueMetrics {
     fn new(queue: &str) -> Self {
         Self {
+            name: Arc::from(queue),
             started: metrics::counter!("keel_jobs_started_total", "queue" => queue.to_string()),
             succeeded: metrics::counter!("keel_jobs_succeeded_total", "queue" => queue.to_string()),
             failed: metrics::counter!("keel_jobs_failed_total", "queue" => queue.to_string()),
@@ -213,7 +226,7 @@ impl QueueMetrics {
 }
 
 struct RunningJob {
-    queue: String,
+    queue: Arc<str>,
     attempt: u32,
     lost: CancellationToken,
 }
@@ -358,7 +371,7 @@ impl Worker {
     pub async fn run(self, shutdown: Shutdown) {
         let config = Arc::new(self.config.clone());
         let running: Arc<Mutex<HashMap<String, RunningJob>>> = Arc::default();
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(String, Completion)>();
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<(Arc<str>, Completion)>();
         let abort = CancellationToken::new();
         let handback: Arc<Mutex<Vec<(String, Lease)>>> = Arc::default();
         let tracker = TaskTracker::new();
@@ -476,14 +489,16 @@ impl Worker {
                 running.lock().insert(
                     job.id.clone(),
                     RunningJob {
-                        queue: job.queue.clone(),
+                        queue: queue_metrics.name.clone(),
                         attempt: job.attempts,
                         lost: lost.clone(),
                     },
                 );
+                let handler = self.registry.get(&job.kind);
+                let inline = handler.as_ref().is_some_and(|h| h.inline());
                 let task = run_job(
                     job,
-                    self.registry.clone(),
+                    handler,
                     config.clone(),
                     lost,
                     abort.clone(),
@@ -493,10 +508,26 @@ impl Worker {
                     self.stats.clone(),
                     queue_metrics,
                 );
-                tracker.spawn(async move {
-                    task.await;
-                    drop(permit);
-                });
+                if inline {
+                    // One poll here; a task only if the attempt is not done yet. (A future
+                    // that returns Pending registers its waker again at its next poll, which
+                    // the spawned task does at once.)
+                    let mut task = Box::pin(task);
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    if task.as_mut().poll(&mut cx).is_ready() {
+                        drop(permit);
+                        continue;
+                    }
+                    tracker.spawn(async move {
+                        task.await;
+                        drop(permit);
+                    });
+                } else {
+                    tracker.spawn(async move {
+                        task.await;
+                        drop(permit);
+                    });
+                }
             }
         }
 
@@ -552,11 +583,11 @@ impl Worker {
 #[allow(clippy::too_many_arguments)]
 async fn run_job(
     job: Job,
-    registry: Arc<Registry>,
+    handler: Option<Arc<dyn Handler>>,
     config: Arc<WorkerConfig>,
     lost: CancellationToken,
     abort: CancellationToken,
-    acks: mpsc::UnboundedSender<(String, Completion)>,
+    acks: mpsc::UnboundedSender<(Arc<str>, Completion)>,
     running: Arc<Mutex<HashMap<String, RunningJob>>>,
     handback: Arc<Mutex<Vec<(String, Lease)>>>,
     stats: Arc<WorkerStats>,
@@ -566,7 +597,7 @@ async fn run_job(
         id: job.id.clone(),
         attempt: job.attempts,
     };
-    let queue = job.queue.clone();
+    let queue = queue_metrics.name.clone();
     stats.started.fetch_add(1, Ordering::Relaxed);
     queue_metrics.started.increment(1);
     if let (Some(started), Some(enqueued)) = (job.started_at, job.enqueued_at) {
@@ -575,7 +606,7 @@ async fn run_job(
             .record((started - enqueued).max(0) as f64 / 1000.0);
     }
     let timeout = Duration::from_millis(job.timeout_ms);
-    let outcome = match registry.get(&job.kind) {
+    let outcome = match handler {
         None => Some(Err(JobError::fatal(format!(
             "unknown kind {:?}: no handler registered on worker {}",
             job.kind, config.id
@@ -585,14 +616,18 @@ async fn run_job(
                 job,
                 cancel: lost.clone(),
             };
+            // Biased, the handler first: a job that finishes at its first poll (most short
+            // jobs) never registers a timer or a waiter on the shared cancel tokens.
             tokio::select! {
+                biased;
                 result = handler.run(ctx) => Some(result),
-                _ = tokio::time::sleep(timeout) => Some(Err(JobError::retry(format!("timed out after {timeout:?}")))),
                 _ = lost.cancelled() => None,
                 _ = abort.cancelled() => {
-                    handback.lock().push((queue.clone(), lease.clone()));
+                    handback.lock().push((queue.to_string(), lease.clone()));
                     None
                 }
+                // (Built when first polled: no clock read for a job done at its first poll.)
+                _ = async { tokio::time::sleep(timeout).await } => Some(Err(JobError::retry(format!("timed out after {timeout:?}")))),
             }
         }
     };
@@ -626,23 +661,24 @@ async fn run_job(
 
 async fn ack_loop(
     engine: Arc<dyn Engine>,
-    mut rx: mpsc::UnboundedReceiver<(String, Completion)>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<str>, Completion)>,
     config: Arc<WorkerConfig>,
     done: CancellationToken,
 ) {
     // Acks held per queue, sent in batches; a queue whose ack fails keeps its acks and retries.
-    let mut pending: HashMap<String, Vec<Completion>> = HashMap::new();
+    let mut pending: HashMap<Arc<str>, Vec<Completion>> = HashMap::new();
     let mut held = 0usize;
     let mut failures = 0u32;
     let mut closed = false;
-    let hold = |pending: &mut HashMap<String, Vec<Completion>>, queue: String, c: Completion| {
-        match pending.get_mut(&queue) {
-            Some(batch) => batch.push(c),
-            None => {
-                pending.insert(queue, vec![c]);
+    let hold =
+        |pending: &mut HashMap<Arc<str>, Vec<Completion>>, queue: Arc<str>, c: Completion| {
+            match pending.get_mut(&queue) {
+                Some(batch) => batch.push(c),
+                None => {
+                    pending.insert(queue, vec![c]);
+                }
             }
-        }
-    };
+        };
     loop {
         if held == 0 {
             if closed {
@@ -684,7 +720,7 @@ async fn ack_loop(
                 }
                 Err(e) => {
                     if failures == 0 || failures.is_multiple_of(20) {
-                        tracing::warn!(queue, error = %e, held = batch.len(), "ack failed; holding results and retrying");
+                        tracing::warn!(queue = &**queue, error = %e, held = batch.len(), "ack failed; holding results and retrying");
                     }
                     failed = true;
                 }
@@ -724,7 +760,7 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let mut by_queue: HashMap<String, Vec<Lease>> = HashMap::new();
+        let mut by_queue: HashMap<Arc<str>, Vec<Lease>> = HashMap::new();
         let count = {
             let guard = running.lock();
             for (id, job) in guard.iter() {
@@ -746,7 +782,7 @@ async fn heartbeat_loop(
                         }
                     }
                 }
-                Err(e) => tracing::warn!(queue, error = %e, "heartbeat failed"),
+                Err(e) => tracing::warn!(queue = &*queue, error = %e, "heartbeat failed"),
             }
         }
         let info = WorkerInfo {

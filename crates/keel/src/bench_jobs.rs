@@ -81,6 +81,10 @@ impl Handler for BenchHandler {
         self.latencies.record((now_us() - sent).max(0) as u64);
         Ok(None)
     }
+
+    fn inline(&self) -> bool {
+        true
+    }
 }
 
 async fn run_keel(args: &BenchJobsArgs, prefix: &str) -> anyhow::Result<Measured> {

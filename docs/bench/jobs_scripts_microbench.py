@@ -1,0 +1,71 @@
+# Micro-benchmark of the job scripts: Redis-side time per job of enqueue, fetch, complete
+# (slowlog durations), driven over a raw RESP socket (no client library needed).
+# usage: PORT=16421 python3 jobs_scripts_microbench.py crates/keel-jobs/lua [rounds]
+# WARNING: it runs FLUSHALL and changes slowlog settings: point it at a private redis-server only.
+# To see what one call costs, copy the lua folder, comment that call out, and compare.
+import socket, sys, random, hashlib, json, os
+LUA = sys.argv[1]; ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+PORT = int(os.environ.get('PORT', '16421'))
+s = socket.create_connection(('127.0.0.1', PORT)); f = s.makefile('rb')
+def enc(*args):
+    out = [b'*%d\r\n' % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b'$%d\r\n%s\r\n' % (len(a), a))
+    return b''.join(out)
+def read():
+    line = f.readline()
+    t, rest = line[:1], line[1:-2]
+    if t == b'+': return rest.decode()
+    if t == b'-': raise Exception(rest.decode())
+    if t == b':': return int(rest)
+    if t == b'$':
+        n = int(rest)
+        if n < 0: return None
+        d = f.read(n + 2)[:-2]; return d.decode()
+    if t == b'*':
+        n = int(rest)
+        if n < 0: return None
+        return [read() for _ in range(n)]
+    raise Exception(line)
+def call(*args):
+    s.sendall(enc(*args)); return read()
+def src(name):
+    body = open(f'{LUA}/{name}.lua').read()
+    if name in ('complete', 'reap', 'release', 'cancel') and os.path.exists(f'{LUA}/compact.lua'):
+        body = open(f'{LUA}/compact.lua').read() + body
+    return body
+shas = {n: call('SCRIPT', 'LOAD', src(n)) for n in ('enqueue', 'fetch', 'complete')}
+call('FLUSHALL'); call('CONFIG', 'SET', 'slowlog-log-slower-than', '0'); call('CONFIG', 'SET', 'slowlog-max-len', '100000'); call('SLOWLOG', 'RESET')
+C = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+base = 'lb:{q:bench}:'
+compact = os.path.exists(f'{LUA}/compact.lua')
+B = 500
+for r in range(ROUNDS):
+    args = [B]
+    for j in range(B):
+        i = ''.join(random.choice(C) for _ in range(26))
+        spec = json.dumps({"k": "noop", "d": {"t": 1764100000000000 + j}, "m": 3, "t": 300000}, separators=(',', ':'))
+        if compact: args += [i, '0', '', '0|3|' + spec]
+        else: args += [i, spec, '0', '3', '', '0', '-1']
+    call('EVALSHA', shas['enqueue'], 1, base, *args)
+    for k in range(2):
+        got = call('EVALSHA', shas['fetch'], 1, base, 'bench-0', 250, 30000, 250)
+        els = got[1:]
+        acks = [60000, 600000, 1000]
+        for e in els:
+            if e.startswith('*'): idv, att = e[1:].split('|')[0], '1'
+            else:
+                p = e.split('|'); idv, att = p[0], str(int(p[1]) + 1)
+            if compact: acks += [idv, att, 'o']
+            else: acks += [idv, att, 'ok', '']
+        call('EVALSHA', shas['complete'], 1, base, *acks)
+log = call('SLOWLOG', 'GET', 1000000)
+tot = {}
+for e in log:
+    a = e[3]
+    if a[0].lower() != 'evalsha': continue
+    name = [n for n, h in shas.items() if h == a[1]][0]
+    tot[name] = tot.get(name, 0) + e[2]
+jobs = ROUNDS * B
+print(' '.join(f'{n}={tot.get(n,0)/jobs:.2f}' for n in ('enqueue', 'fetch', 'complete')), f'total={sum(tot.values())/jobs:.2f} us/job')
