@@ -80,18 +80,33 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
                  scripts/build-redis-cell.sh"
             );
         }
+        let info = RedisHandle::connect(&settings).await?;
         for (label, keys) in [("10k_keys", options.keys), ("hot_key", 1)] {
-            let raw = raw_script(&settings, spec, keys, &options).await?;
-            let tool = redis_benchmark(url, &evalsha_command(spec, keys), keys, &options).await;
-            let (baseline_name, baseline) = match tool {
-                Some(ops) => ("redis-benchmark EVALSHA (same script)", ops),
-                None => ("raw pipelined EVALSHA (same script)", raw.ops_per_sec),
+            let raw = if wanted(&format!("baseline_raw_evalsha_{label}")) {
+                Some(with_redis_cpu(&info, raw_script(&settings, spec, keys, &options)).await?)
+            } else {
+                None
+            };
+            let tool = if wanted(&format!("redis_benchmark_evalsha_{label}")) {
+                redis_benchmark(url, &evalsha_command(spec, keys), keys, &options).await
+            } else {
+                None
+            };
+            let baseline = match (tool, &raw) {
+                (Some(ops), _) => Some(("redis-benchmark EVALSHA (same script)", ops)),
+                (None, Some(raw)) => Some(("raw pipelined EVALSHA (same script)", raw.ops_per_sec)),
+                (None, None) => None,
             };
             // redis-cell, when the module is loaded: CL.THROTTLE driven by this bench's callers
             // exactly as the unbatched path drives EVALSHA, and by redis-benchmark.
-            let cell = if cell_present {
-                let driven = redis_cell(&settings, spec, keys, &options).await?;
-                let tool = redis_benchmark(url, &cell_command(spec, keys), keys, &options).await;
+            let cell = if cell_present && wanted(&format!("baseline_redis_cell_{label}")) {
+                let driven =
+                    with_redis_cpu(&info, redis_cell(&settings, spec, keys, &options)).await?;
+                let tool = if wanted(&format!("redis_benchmark_cell_{label}")) {
+                    redis_benchmark(url, &cell_command(spec, keys), keys, &options).await
+                } else {
+                    None
+                };
                 Some((driven, tool))
             } else {
                 None
@@ -101,9 +116,15 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
                     "redis_{label}_{}",
                     if batching { "batched" } else { "unbatched" }
                 );
-                let scenario =
-                    keel_limiter(&name, &settings, spec, keys, batching, &options).await?;
-                let mut scenario = match (&cell, batching) {
+                if !wanted(&name) {
+                    continue;
+                }
+                let mut scenario = with_redis_cpu(
+                    &info,
+                    keel_limiter(&name, &settings, spec, keys, batching, &options),
+                )
+                .await?;
+                match (&cell, batching) {
                     // The brief: with batching, at least redis-cell's CL.THROTTLE. The higher of
                     // its two figures is the baseline.
                     (Some((driven, tool)), true) => {
@@ -116,28 +137,33 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
                                 driven.ops_per_sec,
                             ),
                         };
-                        scenario
-                            .with_baseline(what, ops)
-                            .with("evalsha_baseline_ops_per_sec", baseline)
-                            .with("evalsha_baseline", baseline_name)
+                        scenario = scenario.with_baseline(what, ops);
+                        if let Some((name, ops)) = baseline {
+                            scenario = scenario
+                                .with("evalsha_baseline_ops_per_sec", ops)
+                                .with("evalsha_baseline", name);
+                        }
                     }
-                    _ => scenario.with_baseline(baseline_name, baseline),
-                };
-                if let Some((driven, tool)) = &cell {
-                    scenario = scenario
-                        .with("redis_cell_ops_per_sec", driven.ops_per_sec)
-                        .with(
-                            "redis_cell_redis_benchmark_ops_per_sec",
-                            tool.unwrap_or(0.0),
-                        );
+                    _ => {
+                        if let Some((name, ops)) = baseline {
+                            scenario = scenario.with_baseline(name, ops);
+                        }
+                    }
                 }
-                results.push(
-                    scenario
-                        .with("raw_script_ops_per_sec", raw.ops_per_sec)
-                        .with("keys", keys as u64),
-                );
+                if let Some((driven, tool)) = &cell {
+                    scenario = scenario.with("redis_cell_ops_per_sec", driven.ops_per_sec);
+                    if let Some(tool) = tool {
+                        scenario = scenario.with("redis_cell_redis_benchmark_ops_per_sec", *tool);
+                    }
+                }
+                if let Some(raw) = &raw {
+                    scenario = scenario.with("raw_script_ops_per_sec", raw.ops_per_sec);
+                }
+                results.push(scenario.with("keys", keys as u64));
             }
-            results.push(raw.with("keys", keys as u64));
+            if let Some(raw) = raw {
+                results.push(raw.with("keys", keys as u64));
+            }
             if let Some((driven, tool)) = cell {
                 let mut driven = driven.with("keys", keys as u64);
                 if let Some(tool) = tool {
@@ -148,6 +174,9 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
         }
     }
     for (label, keys) in [("10k_keys", options.keys), ("hot_key", 1)] {
+        if !wanted(&format!("memory_{label}")) {
+            continue;
+        }
         let [memory, governor] = memory_and_governor(label, spec, keys, &options);
         results.push(
             memory
@@ -157,6 +186,73 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
         results.push(governor.with("keys", keys as u64));
     }
     Ok(results)
+}
+
+/// `KEEL_BENCH_ONLY` (comma-separated parts of scenario names, for experiments): runs only the
+/// scenarios whose name contains one of them (`redis_benchmark_evalsha_*` /
+/// `redis_benchmark_cell_*` name the redis-benchmark runs, `memory_*` the memory-vs-governor
+/// pairs). Unset: everything.
+fn wanted(name: &str) -> bool {
+    match std::env::var("KEEL_BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only
+            .split(',')
+            .any(|part| !part.trim().is_empty() && name.contains(part.trim())),
+        _ => true,
+    }
+}
+
+/// Runs a Redis scenario and adds `redis_cpu_us_per_op`: the CPU time Redis reported (`INFO
+/// cpu`, user + system) over the scenario, per operation.
+async fn with_redis_cpu<F>(info: &RedisHandle, scenario: F) -> Result<Scenario, BenchError>
+where
+    F: std::future::Future<Output = Result<Scenario, BenchError>>,
+{
+    let before = redis_cpu_seconds(info).await;
+    let client_before = own_cpu_seconds();
+    let scenario = scenario.await?;
+    let client_after = own_cpu_seconds();
+    let after = redis_cpu_seconds(info).await;
+    let scenario = match (client_before, client_after) {
+        (Some(before), Some(after)) if scenario.ops > 0 => {
+            let per_op = (after - before) * 1e6 / scenario.ops as f64;
+            scenario.with("client_cpu_us_per_op", (per_op * 100.0).round() / 100.0)
+        }
+        _ => scenario,
+    };
+    Ok(match (before, after) {
+        (Some(before), Some(after)) if scenario.ops > 0 => {
+            let per_op = (after - before) * 1e6 / scenario.ops as f64;
+            scenario.with("redis_cpu_us_per_op", (per_op * 100.0).round() / 100.0)
+        }
+        _ => scenario,
+    })
+}
+
+/// This process's CPU time so far (user + system, from `/proc/self/stat`; Linux only).
+fn own_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces, so split after its ')'):
+    // state is field 3, utime 14 and stime 15, in clock ticks (100 per second on Linux).
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Redis's CPU time so far (`used_cpu_user + used_cpu_sys` of `INFO cpu`).
+async fn redis_cpu_seconds(redis: &RedisHandle) -> Option<f64> {
+    let mut conn = redis.connection();
+    let text: String = keel_redis::redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 fn progress(name: &str, options: &LimitBenchOptions) -> ProgressBar {
