@@ -249,8 +249,13 @@ async fn redis_cpu_seconds(redis: &RedisHandle) -> Option<f64> {
         .await
         .ok()?;
     let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     };
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
@@ -709,8 +714,8 @@ mod tests {
     #[test]
     fn redis_cell_gets_the_same_limit() {
         // capacity = max_burst + 1 = burst; count per period; period in whole seconds.
-        let spec = LimitSpec::new(Algorithm::Gcra, 1_000_000, 1_000_000, Some(1_000_000))
-            .expect("spec");
+        let spec =
+            LimitSpec::new(Algorithm::Gcra, 1_000_000, 1_000_000, Some(1_000_000)).expect("spec");
         assert_eq!(cell_args(spec), [999_999, 1_000_000, 1]);
         let spec = LimitSpec::new(Algorithm::Gcra, 100, 60_000_000, Some(20)).expect("spec");
         assert_eq!(cell_args(spec), [19, 100, 60]);
@@ -722,7 +727,8 @@ mod tests {
 
     #[test]
     fn redis_benchmark_csv_is_parsed() {
-        let text = "\"test\",\"rps\",\"avg_latency_ms\"\n\"CL.THROTTLE k 1 2 3 1\",\"98765.43\",\"0.5\"\n";
+        let text =
+            "\"test\",\"rps\",\"avg_latency_ms\"\n\"CL.THROTTLE k 1 2 3 1\",\"98765.43\",\"0.5\"\n";
         assert_eq!(parse_csv_rps(text), Some(98_765.43));
         assert_eq!(parse_csv_rps("\"test\",\"rps\"\n"), None);
         assert_eq!(parse_csv_rps("\"X\",\"0.00\"\n"), None);

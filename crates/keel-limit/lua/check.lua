@@ -58,29 +58,36 @@ local gnext, gttl -- next states of the current request's checks, for requests o
 local out = { now }
 local ai, first, all = 2 + 4 * nspecs, 1, true
 for i = 1, n do
-  local si = tonumber(ARGV[ai])
-  local cost, again = cost_of(ARGV[ai + 1])
+  local si, cost, again = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1]), false
+  if cost ~= nil and cost < 0 then cost, again = -cost - 1, true end
   ai = ai + 2
   local last = true
   if si ~= nil and si < 0 then si, last = -si, false end
   local sp = specs[si]
   if sp == nil or cost == nil then return redis.error_reply('ERR keel: malformed check ' .. i) end
   local code, key = sp.code, KEYS[i]
-  local state = key
-  if D[code] then
+  local state, decode = key, D[code]
+  if decode then
     state = nil
     if cached > 0 then state = cache[key] end
     if state == nil then
       local v = stored[i]
-      if v then state = D[code](v) end
+      if v then state = decode(v) end
     end
   end
   local allowed, remaining, reset, retry, next, ttl = A[code](sp, state, now, cost)
   local o = 4 * i - 2
   out[o], out[o + 1], out[o + 2], out[o + 3] = allowed, remaining, reset, retry
   if first == i and last then
-    -- a request of one check: the common case
-    if allowed == 1 then commit(key, sp, cost, next, again, ttl) end
+    -- a request of one check: the common case (commit's plain write inlined)
+    if allowed == 1 and next ~= nil then
+      if again or not decode then
+        commit(key, sp, cost, next, again, ttl)
+      else
+        if cached > 0 then cache[key] = nil end
+        redis.call('PSETEX', key, ceil_div(ttl, 1000), E[code](next))
+      end
+    end
     first = i + 1
   else
     if gnext == nil then gnext, gttl = {}, {} end

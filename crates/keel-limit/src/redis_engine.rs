@@ -197,7 +197,11 @@ pub fn encode_args(
             let index = i64::try_from(index).unwrap_or(i64::MAX);
             checks.push(if i < last { -index } else { index });
             // Below i64::MAX, so that -(cost + 1) fits.
-            checks.push(i64::try_from(check.cost).unwrap_or(i64::MAX - 1).min(i64::MAX - 1));
+            checks.push(
+                i64::try_from(check.cost)
+                    .unwrap_or(i64::MAX - 1)
+                    .min(i64::MAX - 1),
+            );
         }
     }
     mark_repeated_keys(&keys, &mut checks);
