@@ -72,31 +72,111 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
             response_timeout: Duration::from_secs(2),
             ..RedisSettings::new(url.as_str())
         };
+        let cell_present = redis_cell_present(&settings).await;
+        if !cell_present && !options.quiet {
+            eprintln!(
+                "keel bench limit: no redis-cell module in this Redis (CL.THROTTLE unknown): \
+                 the batched scenarios get no redis-cell baseline; see \
+                 scripts/build-redis-cell.sh"
+            );
+        }
+        let info = RedisHandle::connect(&settings).await?;
         for (label, keys) in [("10k_keys", options.keys), ("hot_key", 1)] {
-            let raw = raw_script(&settings, spec, keys, &options).await?;
-            let tool = redis_benchmark(url, spec, keys, options.callers, &options).await;
-            let (baseline_name, baseline) = match tool {
-                Some(ops) => ("redis-benchmark EVALSHA (same script)", ops),
-                None => ("raw pipelined EVALSHA (same script)", raw.ops_per_sec),
+            let raw = if wanted(&format!("baseline_raw_evalsha_{label}")) {
+                Some(with_redis_cpu(&info, raw_script(&settings, spec, keys, &options)).await?)
+            } else {
+                None
+            };
+            let tool = if wanted(&format!("redis_benchmark_evalsha_{label}")) {
+                redis_benchmark(url, &evalsha_command(spec, keys), keys, &options).await
+            } else {
+                None
+            };
+            let baseline = match (tool, &raw) {
+                (Some(ops), _) => Some(("redis-benchmark EVALSHA (same script)", ops)),
+                (None, Some(raw)) => Some(("raw pipelined EVALSHA (same script)", raw.ops_per_sec)),
+                (None, None) => None,
+            };
+            // redis-cell, when the module is loaded: CL.THROTTLE driven by this bench's callers
+            // exactly as the unbatched path drives EVALSHA, and by redis-benchmark.
+            let cell = if cell_present && wanted(&format!("baseline_redis_cell_{label}")) {
+                let driven =
+                    with_redis_cpu(&info, redis_cell(&settings, spec, keys, &options)).await?;
+                let tool = if wanted(&format!("redis_benchmark_cell_{label}")) {
+                    redis_benchmark(url, &cell_command(spec, keys), keys, &options).await
+                } else {
+                    None
+                };
+                Some((driven, tool))
+            } else {
+                None
             };
             for batching in [false, true] {
                 let name = format!(
                     "redis_{label}_{}",
                     if batching { "batched" } else { "unbatched" }
                 );
-                let scenario =
-                    keel_limiter(&name, &settings, spec, keys, batching, &options).await?;
-                results.push(
-                    scenario
-                        .with_baseline(baseline_name, baseline)
-                        .with("raw_script_ops_per_sec", raw.ops_per_sec)
-                        .with("keys", keys as u64),
-                );
+                if !wanted(&name) {
+                    continue;
+                }
+                let mut scenario = with_redis_cpu(
+                    &info,
+                    keel_limiter(&name, &settings, spec, keys, batching, &options),
+                )
+                .await?;
+                match (&cell, batching) {
+                    // The brief: with batching, at least redis-cell's CL.THROTTLE. The higher of
+                    // its two figures is the baseline.
+                    (Some((driven, tool)), true) => {
+                        let (what, ops) = match tool {
+                            Some(t) if *t > driven.ops_per_sec => {
+                                ("redis-cell CL.THROTTLE (redis-benchmark)", *t)
+                            }
+                            _ => (
+                                "redis-cell CL.THROTTLE (same bench client)",
+                                driven.ops_per_sec,
+                            ),
+                        };
+                        scenario = scenario.with_baseline(what, ops);
+                        if let Some((name, ops)) = baseline {
+                            scenario = scenario
+                                .with("evalsha_baseline_ops_per_sec", ops)
+                                .with("evalsha_baseline", name);
+                        }
+                    }
+                    _ => {
+                        if let Some((name, ops)) = baseline {
+                            scenario = scenario.with_baseline(name, ops);
+                        }
+                    }
+                }
+                if let Some((driven, tool)) = &cell {
+                    scenario = scenario.with("redis_cell_ops_per_sec", driven.ops_per_sec);
+                    if let Some(tool) = tool {
+                        scenario = scenario.with("redis_cell_redis_benchmark_ops_per_sec", *tool);
+                    }
+                }
+                if let Some(raw) = &raw {
+                    scenario = scenario.with("raw_script_ops_per_sec", raw.ops_per_sec);
+                }
+                results.push(scenario.with("keys", keys as u64));
             }
-            results.push(raw.with("keys", keys as u64));
+            if let Some(raw) = raw {
+                results.push(raw.with("keys", keys as u64));
+            }
+            if let Some((driven, tool)) = cell {
+                let mut driven = driven.with("keys", keys as u64);
+                if let Some(tool) = tool {
+                    driven = driven.with_baseline("redis-cell CL.THROTTLE (redis-benchmark)", tool);
+                }
+                results.push(driven);
+            }
         }
     }
     for (label, keys) in [("10k_keys", options.keys), ("hot_key", 1)] {
+        if !wanted(&format!("memory_{label}")) {
+            continue;
+        }
         let [memory, governor] = memory_and_governor(label, spec, keys, &options);
         results.push(
             memory
@@ -106,6 +186,78 @@ pub async fn run(options: LimitBenchOptions) -> Result<Vec<Scenario>, BenchError
         results.push(governor.with("keys", keys as u64));
     }
     Ok(results)
+}
+
+/// `KEEL_BENCH_ONLY` (comma-separated parts of scenario names, for experiments): runs only the
+/// scenarios whose name contains one of them (`redis_benchmark_evalsha_*` /
+/// `redis_benchmark_cell_*` name the redis-benchmark runs, `memory_*` the memory-vs-governor
+/// pairs). Unset: everything.
+fn wanted(name: &str) -> bool {
+    match std::env::var("KEEL_BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only
+            .split(',')
+            .any(|part| !part.trim().is_empty() && name.contains(part.trim())),
+        _ => true,
+    }
+}
+
+/// Runs a Redis scenario and adds `redis_cpu_us_per_op`: the CPU time Redis reported (`INFO
+/// cpu`, user + system) over the scenario, per operation.
+async fn with_redis_cpu<F>(info: &RedisHandle, scenario: F) -> Result<Scenario, BenchError>
+where
+    F: std::future::Future<Output = Result<Scenario, BenchError>>,
+{
+    let before = redis_cpu_seconds(info).await;
+    let client_before = own_cpu_seconds();
+    let scenario = scenario.await?;
+    let client_after = own_cpu_seconds();
+    let after = redis_cpu_seconds(info).await;
+    let scenario = match (client_before, client_after) {
+        (Some(before), Some(after)) if scenario.ops > 0 => {
+            let per_op = (after - before) * 1e6 / scenario.ops as f64;
+            scenario.with("client_cpu_us_per_op", (per_op * 100.0).round() / 100.0)
+        }
+        _ => scenario,
+    };
+    Ok(match (before, after) {
+        (Some(before), Some(after)) if scenario.ops > 0 => {
+            let per_op = (after - before) * 1e6 / scenario.ops as f64;
+            scenario.with("redis_cpu_us_per_op", (per_op * 100.0).round() / 100.0)
+        }
+        _ => scenario,
+    })
+}
+
+/// This process's CPU time so far (user + system, from `/proc/self/stat`; Linux only).
+fn own_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces, so split after its ')'):
+    // state is field 3, utime 14 and stime 15, in clock ticks (100 per second on Linux).
+    let rest = text.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Redis's CPU time so far (`used_cpu_user + used_cpu_sys` of `INFO cpu`).
+async fn redis_cpu_seconds(redis: &RedisHandle) -> Option<f64> {
+    let mut conn = redis.connection();
+    let text: String = keel_redis::redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 fn progress(name: &str, options: &LimitBenchOptions) -> ProgressBar {
@@ -283,21 +435,73 @@ async fn raw_script(
     .await)
 }
 
-/// `redis-benchmark` running the same EVALSHA with the same number of clients; `None` when the
-/// tool is not installed or fails.
-async fn redis_benchmark(
-    url: &str,
+/// The same GCRA limit as redis-cell's arguments: `max_burst count period quantity`. Its
+/// capacity is `max_burst + 1` and its period is whole seconds, so `spec` (limit per period,
+/// burst = capacity) maps to `burst - 1, limit, period_s`; the bench's 1,000,000/s burst
+/// 1,000,000 gives `999999 1000000 1`.
+pub fn cell_args(spec: LimitSpec) -> [u64; 3] {
+    [
+        spec.burst.saturating_sub(1),
+        spec.limit,
+        (spec.period_us / 1_000_000).max(1),
+    ]
+}
+
+/// True when the Redis has redis-cell loaded (a `CL.THROTTLE` of quantity 0 on a probe key
+/// answers).
+async fn redis_cell_present(settings: &RedisSettings) -> bool {
+    let Ok(redis) = RedisHandle::connect(settings).await else {
+        return false;
+    };
+    let mut conn = redis.connection();
+    let reply: Result<Vec<i64>, _> = keel_redis::redis::cmd("CL.THROTTLE")
+        .arg("keel:{rl:bench-probe}:bench:cell")
+        .arg(&[1u64, 1, 1, 0])
+        .query_async(&mut conn)
+        .await;
+    matches!(reply, Ok(r) if r.len() == 5)
+}
+
+/// redis-cell's `CL.THROTTLE` driven exactly as the unbatched Keel path drives its EVALSHA: the
+/// same callers over one multiplexed connection, the same key order, one command per decision.
+async fn redis_cell(
+    settings: &RedisSettings,
     spec: LimitSpec,
     keys: usize,
-    callers: usize,
     options: &LimitBenchOptions,
-) -> Option<f64> {
-    let address = url.strip_prefix("redis://")?.split('/').next()?;
-    let (auth, host_port) = match address.rsplit_once('@') {
-        Some((auth, hp)) => (Some(auth.trim_start_matches(':').to_string()), hp),
-        None => (None, address),
+) -> Result<Scenario, BenchError> {
+    let redis = RedisHandle::connect(settings).await?;
+    let names: Arc<Vec<String>> = Arc::new(
+        (0..keys)
+            .map(|i| format!("keel:{{rl:bench-{i}}}:bench:cell"))
+            .collect(),
+    );
+    let args = cell_args(spec);
+    let name = if keys == 1 {
+        "baseline_redis_cell_hot_key"
+    } else {
+        "baseline_redis_cell_10k_keys"
     };
-    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
+    Ok(drive(name, options, move |n| {
+        let mut conn = redis.connection();
+        let names = names.clone();
+        async move {
+            let key = &names[n % names.len()];
+            let reply: Result<Vec<i64>, _> = keel_redis::redis::cmd("CL.THROTTLE")
+                .arg(key)
+                .arg(&args)
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            matches!(reply, Ok(r) if r.len() == 5)
+        }
+    })
+    .await)
+}
+
+/// `redis-benchmark`'s arguments for the engine's EVALSHA of one check (the same arguments the
+/// engine sends, see `keel_limit::encode_args`); `__rand_int__` spreads it over the keys.
+fn evalsha_command(spec: LimitSpec, keys: usize) -> Vec<String> {
     let sha = Scripts::new()
         .for_algorithm(Algorithm::Gcra)
         .sha()
@@ -307,13 +511,51 @@ async fn redis_benchmark(
     } else {
         "keel:{rl:rb-__rand_int__}:bench:gcra".to_string()
     };
+    let request = CheckRequest::single(Check {
+        key: key.clone(),
+        spec,
+        cost: 1,
+    });
+    let (_, args, _) = keel_limit::encode_args(std::slice::from_ref(&request), 1);
+    let mut command = vec!["EVALSHA".to_string(), sha, "1".into(), key];
+    command.extend(args.iter().map(i64::to_string));
+    command
+}
+
+/// `redis-benchmark`'s arguments for redis-cell's `CL.THROTTLE` on the same limit.
+fn cell_command(spec: LimitSpec, keys: usize) -> Vec<String> {
+    let key = if keys == 1 {
+        "keel:{rl:rb-hot}:bench:cell".to_string()
+    } else {
+        "keel:{rl:rb-__rand_int__}:bench:cell".to_string()
+    };
+    let mut command = vec!["CL.THROTTLE".to_string(), key];
+    command.extend(cell_args(spec).iter().map(u64::to_string));
+    command.push("1".into());
+    command
+}
+
+/// `redis-benchmark` running `command` with as many clients as the bench has callers (no
+/// pipelining), `-r keys`; `None` when the tool is not installed or fails.
+async fn redis_benchmark(
+    url: &str,
+    command_args: &[String],
+    keys: usize,
+    options: &LimitBenchOptions,
+) -> Option<f64> {
+    let address = url.strip_prefix("redis://")?.split('/').next()?;
+    let (auth, host_port) = match address.rsplit_once('@') {
+        Some((auth, hp)) => (Some(auth.trim_start_matches(':').to_string()), hp),
+        None => (None, address),
+    };
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
     let requests = (options.duration.as_secs_f64() * 40_000.0).max(10_000.0) as u64;
+    let what = command_args.first().map(String::as_str).unwrap_or("");
     let bar = progress(
-        if keys == 1 {
-            "redis-benchmark hot key"
-        } else {
-            "redis-benchmark 10k keys"
-        },
+        &format!(
+            "redis-benchmark {what} {}",
+            if keys == 1 { "hot key" } else { "10k keys" }
+        ),
         options,
     );
     let mut command = tokio::process::Command::new("redis-benchmark");
@@ -323,7 +565,7 @@ async fn redis_benchmark(
         "-p",
         port,
         "-c",
-        &callers.to_string(),
+        &options.callers.to_string(),
         "-n",
         &requests.to_string(),
     ]);
@@ -331,20 +573,18 @@ async fn redis_benchmark(
     if let Some(password) = auth {
         command.args(["-a", &password]);
     }
-    // The same arguments the engine sends for one check (see `keel_limit::encode_args`).
-    let request = CheckRequest::single(Check {
-        key: key.clone(),
-        spec,
-        cost: 1,
-    });
-    let (_, args, _) = keel_limit::encode_args(std::slice::from_ref(&request), 1);
-    command.args(["EVALSHA", &sha, "1", &key]);
-    command.args(args.iter().map(i64::to_string));
+    command.args(command_args);
     let output = command.output().await.ok()?;
     bar.finish_and_clear();
-    let text = String::from_utf8_lossy(&output.stdout);
-    // CSV: "test","rps",... then "EVALSHA ...","12345.67",...
-    let line = text.lines().find(|l| l.starts_with("\"EVALSHA"))?;
+    parse_csv_rps(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// The requests per second of `redis-benchmark --csv`: a header `"test","rps",...` then one
+/// line per test.
+fn parse_csv_rps(text: &str) -> Option<f64> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with('"') && !l.starts_with("\"test\""))?;
     let rps = line
         .split("\",\"")
         .nth(1)?
@@ -464,5 +704,33 @@ mod parking_lot_free {
                 .map(|h| h.clone())
                 .unwrap_or_else(|_| super::histogram())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_cell_gets_the_same_limit() {
+        // capacity = max_burst + 1 = burst; count per period; period in whole seconds.
+        let spec =
+            LimitSpec::new(Algorithm::Gcra, 1_000_000, 1_000_000, Some(1_000_000)).expect("spec");
+        assert_eq!(cell_args(spec), [999_999, 1_000_000, 1]);
+        let spec = LimitSpec::new(Algorithm::Gcra, 100, 60_000_000, Some(20)).expect("spec");
+        assert_eq!(cell_args(spec), [19, 100, 60]);
+        assert_eq!(
+            cell_command(spec, 10)[..2],
+            ["CL.THROTTLE", "keel:{rl:rb-__rand_int__}:bench:cell"]
+        );
+    }
+
+    #[test]
+    fn redis_benchmark_csv_is_parsed() {
+        let text =
+            "\"test\",\"rps\",\"avg_latency_ms\"\n\"CL.THROTTLE k 1 2 3 1\",\"98765.43\",\"0.5\"\n";
+        assert_eq!(parse_csv_rps(text), Some(98_765.43));
+        assert_eq!(parse_csv_rps("\"test\",\"rps\"\n"), None);
+        assert_eq!(parse_csv_rps("\"X\",\"0.00\"\n"), None);
     }
 }

@@ -2,11 +2,14 @@
 -- checks that are admitted all together or not at all.
 -- KEYS: one key per check, in order (at most 512).
 -- ARGV: spec_count, then per distinct spec: algorithm, limit, period_us, burst; then per check:
---       spec index (1-based; negative when more checks of the same request follow), cost.
+--       spec index (1-based; negative when more checks of the same request follow), cost
+--       (-(cost + 1) when the same key is checked again later in this call).
 -- Reply: now_us (from Redis TIME), then per check: allowed, remaining, reset_after_us,
 --        retry_after_us (-1 = never).
--- String states are read with one MGET for the whole call and written with one SET PX per
--- touched key at the end, so a key checked many times in one call costs one read, one write.
+-- String states are read with one MGET for the whole call. A key's commit is written at once
+-- with one PSETEX, unless the key is checked again later in the call: then it is kept in a Lua
+-- table (read back by the later checks) and only its last commit is written, so a key checked
+-- many times in one call costs one read and one write.
 local n = #KEYS
 if n > 512 then return redis.error_reply('ERR keel: at most 512 checks per call') end
 local nspecs = tonumber(ARGV[1])
@@ -28,43 +31,63 @@ for s = 1, nspecs do
 end
 local stored
 if strings then stored = redis.call('MGET', unpack(KEYS)) end
--- State committed in this call, by key, and the keys to write at the end (with code and ttl);
--- a call of one check writes at once.
-local cache, ttls, codes, dirty, ndirty = {}, nil, nil, nil, 0
-local function commit(key, sp, cost, next, ttl)
+-- State committed in this call for keys checked again later (cached > 0 once there is any),
+-- with its ttl and algorithm, and those keys in order, to write what is left at the end.
+local cache, cached, pending, npending, ttls, codes = {}, 0, nil, 0, nil, nil
+local function commit(key, sp, cost, next, again, ttl)
   if next == nil then return end
   local code = sp.code
   if C[code] then return C[code](key, next, now, cost, ttl) end
-  if n == 1 then return redis.call('SET', key, E[code](next), 'PX', ceil_div(ttl, 1000)) end
-  if ttls == nil then ttls, codes, dirty = {}, {}, {} end
-  if ttls[key] == nil then ndirty = ndirty + 1; dirty[ndirty] = key end
-  cache[key], ttls[key], codes[key] = next, ttl, code
+  if again then
+    if pending == nil then pending, ttls, codes = {}, {}, {} end
+    if cache[key] == nil then npending = npending + 1; pending[npending] = key end
+    cache[key], ttls[key], codes[key] = next, ttl, code
+    cached = cached + 1
+  else
+    if cached > 0 then cache[key] = nil end
+    redis.call('PSETEX', key, ceil_div(ttl, 1000), E[code](next))
+  end
+end
+-- Cost and whether the key is checked again later in the call, from a cost argument.
+local function cost_of(v)
+  local cost = tonumber(v)
+  if cost ~= nil and cost < 0 then return -cost - 1, true end
+  return cost, false
 end
 local gnext, gttl -- next states of the current request's checks, for requests of several checks
 local out = { now }
 local ai, first, all = 2 + 4 * nspecs, 1, true
 for i = 1, n do
-  local si, cost = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
+  local si, cost, again = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1]), false
+  if cost ~= nil and cost < 0 then cost, again = -cost - 1, true end
   ai = ai + 2
   local last = true
   if si ~= nil and si < 0 then si, last = -si, false end
   local sp = specs[si]
   if sp == nil or cost == nil then return redis.error_reply('ERR keel: malformed check ' .. i) end
   local code, key = sp.code, KEYS[i]
-  local state = key
-  if D[code] then
-    state = cache[key]
+  local state, decode = key, D[code]
+  if decode then
+    state = nil
+    if cached > 0 then state = cache[key] end
     if state == nil then
       local v = stored[i]
-      if v then state = D[code](v) end
+      if v then state = decode(v) end
     end
   end
   local allowed, remaining, reset, retry, next, ttl = A[code](sp, state, now, cost)
   local o = 4 * i - 2
   out[o], out[o + 1], out[o + 2], out[o + 3] = allowed, remaining, reset, retry
   if first == i and last then
-    -- a request of one check: the common case
-    if allowed == 1 then commit(key, sp, cost, next, ttl) end
+    -- a request of one check: the common case (commit's plain write inlined)
+    if allowed == 1 and next ~= nil then
+      if again or not decode then
+        commit(key, sp, cost, next, again, ttl)
+      else
+        if cached > 0 then cache[key] = nil end
+        redis.call('PSETEX', key, ceil_div(ttl, 1000), E[code](next))
+      end
+    end
     first = i + 1
   else
     if gnext == nil then gnext, gttl = {}, {} end
@@ -74,7 +97,8 @@ for i = 1, n do
       if all then
         local gi = 2 + 4 * nspecs + 2 * (first - 1)
         for c = first, i do
-          commit(KEYS[c], specs[math.abs(tonumber(ARGV[gi]))], tonumber(ARGV[gi + 1]), gnext[c], gttl[c])
+          local gcost, gagain = cost_of(ARGV[gi + 1])
+          commit(KEYS[c], specs[math.abs(tonumber(ARGV[gi]))], gcost, gnext[c], gagain, gttl[c])
           gi = gi + 2
         end
       end
@@ -82,8 +106,11 @@ for i = 1, n do
     end
   end
 end
-for w = 1, ndirty do
-  local key = dirty[w]
-  redis.call('SET', key, E[codes[key]](cache[key]), 'PX', ceil_div(ttls[key], 1000))
+for w = 1, npending do
+  local key = pending[w]
+  local state = cache[key]
+  if state ~= nil then
+    redis.call('PSETEX', key, ceil_div(ttls[key], 1000), E[codes[key]](state))
+  end
 end
 return out

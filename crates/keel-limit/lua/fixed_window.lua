@@ -4,7 +4,7 @@ D[5] = function(v)
   if a == nil then return nil end
   return { tonumber(a), tonumber(b) }
 end
-E[5] = function(s) return fmt('%.0f %.0f', s[1], s[2]) end
+E[5] = function(s) return fmt('%d %d', s[1], s[2]) end
 A[5] = function(sp, s, now, cost)
   local limit, period = sp.limit, sp.period
   local window = floor(now / period)

@@ -1,6 +1,6 @@
 -- gcra.lua: generic cell rate algorithm. State: the theoretical arrival time (TAT), a number.
 D[1] = tonumber
-E[1] = function(tat) return fmt('%.0f', tat) end
+E[1] = function(tat) return fmt('%d', tat) end
 P[1] = function(sp)
   sp.interval = max(floor(sp.period / sp.limit), 1)
   sp.tolerance = sp.interval * sp.burst

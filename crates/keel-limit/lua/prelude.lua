@@ -4,7 +4,8 @@
 --             retry_after_us (-1 = never), and when allowed the next state and how long it
 --             matters (µs);
 --   D[code] / E[code]: decode / encode its state, one compact string in one key (read by one
---             MGET per call, written by one SET PX per touched key at the end of the call);
+--             MGET per call, written by one PSETEX per touched key and call; E formats with
+--             '%d', which Redis's Lua 5.1 prints through a 64-bit long: exact for these numbers);
 --   P[code] (optional): numbers derived from a spec once per call.
 -- The sliding log keeps a sorted set instead: it has no D/E, receives the key as `state`, and
 -- C[code] writes its commit at once.

@@ -5,7 +5,7 @@ D[4] = function(v)
   if a == nil then return nil end
   return { tonumber(a), tonumber(b), tonumber(c) }
 end
-E[4] = function(s) return fmt('%.0f %.0f %.0f', s[1], s[2], s[3]) end
+E[4] = function(s) return fmt('%d %d %d', s[1], s[2], s[3]) end
 A[4] = function(sp, s, now, cost)
   local limit, period = sp.limit, sp.period
   local window = floor(now / period)

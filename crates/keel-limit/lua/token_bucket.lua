@@ -5,7 +5,7 @@ D[2] = function(v)
   if a == nil then return nil end
   return { tonumber(a), tonumber(b) }
 end
-E[2] = function(s) return fmt('%.0f %.0f', s[1], s[2]) end
+E[2] = function(s) return fmt('%d %d', s[1], s[2]) end
 A[2] = function(sp, s, now, cost)
   local limit, period, burst = sp.limit, sp.period, sp.burst
   local capacity = burst * period

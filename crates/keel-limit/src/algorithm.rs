@@ -277,6 +277,7 @@ pub struct Evaluation {
 /// single check. Returns the decision and, when admitted, how long the new state matters.
 /// Equivalent to `evaluate` (a property test checks it); the sliding log is trimmed and
 /// appended in place instead of copied.
+#[inline]
 pub fn apply(spec: &LimitSpec, state: &mut Option<State>, now: i64, cost: u64) -> (Decision, i64) {
     if spec.algorithm == Algorithm::Gcra {
         let cost = i64::try_from(cost)

@@ -210,7 +210,9 @@ struct Inner {
 impl Limiter {
     /// A single-node limiter on the memory engine.
     pub fn memory() -> Self {
-        Self::memory_with_clock(Arc::new(FastClock::new()))
+        let options = LimiterOptions::default();
+        let engine = Arc::new(MemoryEngine::with_fast_clock(options.memory.clone()));
+        Self::build_memory(engine, options, Arc::new(FastClock::new()))
     }
 
     /// A single-node limiter on the memory engine with an injected clock (tests pass a
@@ -221,7 +223,20 @@ impl Limiter {
             options.memory.clone(),
             clock.clone(),
         ));
-        Self::build(engine, false, Keys::default(), options, clock)
+        Self::build_memory(engine, options, clock)
+    }
+
+    /// A limiter whose engine is `engine`: single checks call it directly.
+    fn build_memory(
+        engine: Arc<MemoryEngine>,
+        options: LimiterOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mut limiter = Self::build(engine.clone(), false, Keys::default(), options, clock);
+        if let Some(inner) = Arc::get_mut(&mut limiter.inner) {
+            inner.memory = Some(engine);
+        }
+        limiter
     }
 
     /// A distributed limiter on Redis (batched unless `options.batching` is `None`).

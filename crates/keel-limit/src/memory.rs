@@ -10,7 +10,14 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use hashbrown::HashTable;
-use parking_lot::{Mutex, MutexGuard};
+use spin::mutex::{SpinMutex, SpinMutexGuard};
+use spin::relax::Yield;
+
+/// A shard's lock: a spin lock whose waiters yield their time slice. Its unlock is a plain store
+/// (a parking mutex needs an atomic read-modify-write to unlock), and the critical section is a
+/// table probe and a few arithmetic operations, so waiters rarely wait long.
+type Mutex<T> = SpinMutex<T, Yield>;
+type MutexGuard<'a, T> = SpinMutexGuard<'a, T, Yield>;
 
 use crate::algorithm::{apply, evaluate, Decision, LimitSpec, State};
 use crate::clock::{Clock, FastClock};
@@ -53,7 +60,24 @@ pub struct MemoryEngine {
     mask: usize,
     per_shard_cap: usize,
     hasher: foldhash::fast::FixedState,
-    clock: Arc<dyn Clock>,
+    clock: EngineClock,
+}
+
+/// The engine's clock: the production [`FastClock`] called directly (inlined on the hot path),
+/// or any injected clock through the trait.
+enum EngineClock {
+    Fast(FastClock),
+    Injected(Arc<dyn Clock>),
+}
+
+impl EngineClock {
+    #[inline]
+    fn now_us(&self) -> i64 {
+        match self {
+            Self::Fast(clock) => clock.now_us(),
+            Self::Injected(clock) => clock.now_us(),
+        }
+    }
 }
 
 /// A shard looks for expired keys every this many decisions...
@@ -66,11 +90,23 @@ const SWEEP_INTERVAL_US: i64 = 1_000_000;
 impl MemoryEngine {
     /// An engine on the fast wall clock with default sizing.
     pub fn new() -> Self {
-        Self::with_options(MemoryOptions::default(), Arc::new(FastClock::new()))
+        Self::build(
+            MemoryOptions::default(),
+            EngineClock::Fast(FastClock::new()),
+        )
     }
 
     /// An engine with explicit sizing and clock.
     pub fn with_options(options: MemoryOptions, clock: Arc<dyn Clock>) -> Self {
+        Self::build(options, EngineClock::Injected(clock))
+    }
+
+    /// An engine with explicit sizing on the fast wall clock.
+    pub fn with_fast_clock(options: MemoryOptions) -> Self {
+        Self::build(options, EngineClock::Fast(FastClock::new()))
+    }
+
+    fn build(options: MemoryOptions, clock: EngineClock) -> Self {
         let shards = options.shards.max(1).next_power_of_two();
         Self {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),

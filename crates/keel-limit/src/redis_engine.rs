@@ -1,5 +1,6 @@
 //! The Redis engine: every batch of requests is one EVALSHA of one script.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -170,7 +171,9 @@ impl RedisEngine {
 
 /// `check.lua`'s arguments: the keys, then `ARGV` = the distinct specs once (`count, then
 /// algorithm, limit, period_us, burst` each) and per check its spec's 1-based index (negative
-/// when more checks of the same request follow) and its cost. Also returns each check's spec.
+/// when more checks of the same request follow) and its cost (`-(cost + 1)` when the same key is
+/// checked again later in the call, so the script keeps that commit in Lua and writes the key
+/// once). Also returns each check's spec.
 pub fn encode_args(
     requests: &[CheckRequest],
     total: usize,
@@ -193,9 +196,15 @@ pub fn encode_args(
             };
             let index = i64::try_from(index).unwrap_or(i64::MAX);
             checks.push(if i < last { -index } else { index });
-            checks.push(i64::try_from(check.cost).unwrap_or(i64::MAX));
+            // Below i64::MAX, so that -(cost + 1) fits.
+            checks.push(
+                i64::try_from(check.cost)
+                    .unwrap_or(i64::MAX - 1)
+                    .min(i64::MAX - 1),
+            );
         }
     }
+    mark_repeated_keys(&keys, &mut checks);
     let mut args: Vec<i64> = Vec::with_capacity(1 + distinct.len() * 4 + checks.len());
     args.push(i64::try_from(distinct.len()).unwrap_or(i64::MAX));
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -209,6 +218,25 @@ pub fn encode_args(
     }
     args.extend(checks);
     (keys, args, per_check)
+}
+
+/// Turns the cost of every check whose key is checked again later in the call into
+/// `-(cost + 1)`. `checks` holds (spec index, cost) per key.
+fn mark_repeated_keys(keys: &[&str], checks: &mut [i64]) {
+    if keys.len() < 2 {
+        return;
+    }
+    let hasher = foldhash::fast::FixedState::with_seed(0x6b65656c);
+    let mut seen: hashbrown::HashTable<&str> = hashbrown::HashTable::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate().rev() {
+        let hash = hasher.hash_one(key);
+        if seen.find(hash, |k| k == key).is_some() {
+            let cost = &mut checks[2 * i + 1];
+            *cost = -(*cost + 1);
+        } else {
+            seen.insert_unique(hash, key, |k| hasher.hash_one(k));
+        }
+    }
 }
 
 fn parse_reply(reply: &[i64], specs: &[LimitSpec]) -> Result<ScriptReply, LimitError> {
@@ -426,5 +454,27 @@ mod tests {
             args,
             [2, 1, 10, 1_000_000, 10, 5, 5, 60_000_000, 5, 1, 1, -2, 2, 1, 3]
         );
+    }
+
+    #[test]
+    fn a_key_checked_again_later_in_the_call_is_marked() {
+        let a = LimitSpec::new(Algorithm::Gcra, 10, 1_000_000, None).expect("spec");
+        let single = |key: &str, cost| {
+            CheckRequest::single(Check {
+                key: key.into(),
+                spec: a,
+                cost,
+            })
+        };
+        let requests = vec![
+            single("hot", 1),
+            single("cold", 0),
+            single("hot", 2),
+            single("hot", 3),
+            single("other", 4),
+        ];
+        let (_, args, _) = encode_args(&requests, 5);
+        // Every "hot" but the last is marked -(cost + 1); keys seen once keep their cost.
+        assert_eq!(&args[5..], [1, -2, 1, 0, 1, -3, 1, 3, 1, 4]);
     }
 }
