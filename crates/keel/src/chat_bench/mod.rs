@@ -181,6 +181,28 @@ pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Warns when the host's connection-tracking table cannot hold the run: each loopback
+/// connection takes one netfilter conntrack entry (on hosts where Docker or a firewall loaded
+/// `nf_conntrack`), entries of killed connections linger, and a full table silently drops
+/// packets, which a storm run sees as connection resets and timeouts, not as a Keel failure.
+pub(crate) fn conntrack_warning(count: u64, max: u64, connections: u64) -> Option<String> {
+    // A storm holds the old and the new connection of a client at once: twice, plus slack.
+    let needed = connections.saturating_mul(2).saturating_add(10_000);
+    (max.saturating_sub(count) < needed).then(|| {
+        format!(
+            "warning: nf_conntrack has {} free entries ({count} of {max} used) and this run \
+             needs about {needed}: the kernel will drop packets (dmesg: \"table full\"). Raise \
+             it first: sysctl -w net.netfilter.nf_conntrack_max={}",
+            max.saturating_sub(count),
+            (count + needed).next_power_of_two()
+        )
+    })
+}
+
+fn read_proc_u64(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 pub async fn bench(args: ChatBenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
     anyhow::ensure!(
@@ -189,6 +211,14 @@ pub async fn bench(args: ChatBenchArgs) -> anyhow::Result<ExitCode> {
     );
     let dir = std::env::temp_dir().join(format!("keel-bench-chat-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    if let (Some(count), Some(max)) = (
+        read_proc_u64("/proc/sys/net/netfilter/nf_conntrack_count"),
+        read_proc_u64("/proc/sys/net/netfilter/nf_conntrack_max"),
+    ) {
+        if let Some(w) = conntrack_warning(count, max, args.connections as u64) {
+            eprintln!("keel bench chat: {w}");
+        }
+    }
     let mut report = Vec::new();
     let mut result = Ok(());
     for s in args.scenario.clone() {
@@ -219,5 +249,18 @@ pub async fn bench(args: ChatBenchArgs) -> anyhow::Result<ExitCode> {
             eprintln!("keel bench chat: logs kept in {}", dir.display());
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conntrack_warning;
+
+    #[test]
+    fn conntrack_warning_only_when_the_table_is_short() {
+        assert!(conntrack_warning(0, 1_048_576, 100_000).is_none());
+        let w = conntrack_warning(203_656, 262_144, 100_000).expect("too small a table");
+        assert!(w.contains("58488 free entries"), "{w}");
+        assert!(w.contains("nf_conntrack_max=524288"), "{w}");
     }
 }
