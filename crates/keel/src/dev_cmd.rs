@@ -77,8 +77,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     ));
 
-    let irc_listener = tokio::net::TcpListener::bind(&args.irc_listen)
+    // The IRC port gets the chat server's explicit accept backlog (a laptop's reconnect burst
+    // is small, but the default of 1,024 would silently cap the configured one).
+    let chat_config = keel_chat::Config::default();
+    let irc_addr = tokio::net::lookup_host(&args.irc_listen)
         .await
+        .with_context(|| {
+            format!(
+                "resolving the chat server's IRC address {}",
+                args.irc_listen
+            )
+        })?
+        .next()
+        .with_context(|| format!("{} resolves to no address", args.irc_listen))?;
+    let irc_listener = keel_chat::bind_listener(irc_addr, chat_config.listen_backlog, false)
         .with_context(|| format!("binding the chat server's IRC port on {}", args.irc_listen))?;
     let chat_http_listener = tokio::net::TcpListener::bind(&args.chat_http_listen)
         .await
@@ -96,7 +108,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         crate::chat_cmd::serve_on(
             irc_listener,
             chat_http_listener,
-            keel_chat::Config::default(),
+            chat_config,
             chat_redis.as_ref(),
             chat_shutdown,
         )

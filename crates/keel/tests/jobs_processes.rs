@@ -164,7 +164,8 @@ impl Api {
 
     /// Polls until the queue's succeeded counter reaches `n` (errors during outages tolerated).
     async fn wait_succeeded(&self, queue: &str, n: u64, procs: &[&Proc]) {
-        let deadline = Instant::now() + Duration::from_secs(240);
+        // 240 s, or longer for a large run (`KEEL_CHAOS_JOBS`): 10 ms per job awaited.
+        let deadline = Instant::now() + Duration::from_secs(240).max(Duration::from_millis(n * 10));
         loop {
             if let Some(q) = self.queue(queue).await {
                 if q["succeeded_total"].as_u64().unwrap_or(0) >= n {
@@ -210,10 +211,16 @@ async fn chaos_killed_worker_and_redis_restart_lose_nothing() {
     let w2 = worker("w2", dir.path(), &url, "chaos", &worker_args);
     let w3 = worker("w3", dir.path(), &url, "chaos", &worker_args);
 
-    const N: usize = 5000;
+    // 5,000 in CI; the brief's figure is taken by hand with `KEEL_CHAOS_JOBS=100000`.
+    let n_jobs: usize = std::env::var("KEEL_CHAOS_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let batches = n_jobs.div_ceil(500);
+    let n_jobs = batches * 500;
     let script = format!("echo \"$KEEL_JOB_ID\" >> {}", runs.display());
-    let mut ids = Vec::with_capacity(N);
-    for _ in 0..N / 500 {
+    let mut ids = Vec::with_capacity(n_jobs);
+    for _ in 0..batches {
         let jobs: Vec<Value> = (0..500)
             .map(|_| json!({"queue": "chaos", "kind": "shell", "payload": {"script": script}, "max_attempts": 25}))
             .collect();
@@ -225,18 +232,18 @@ async fn chaos_killed_worker_and_redis_restart_lose_nothing() {
             ids.push(j["id"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(ids.len(), N);
+    assert_eq!(ids.len(), n_jobs);
 
-    api.wait_succeeded("chaos", 1000, &[&m, &w1, &w2, &w3])
+    api.wait_succeeded("chaos", n_jobs as u64 / 5, &[&m, &w1, &w2, &w3])
         .await;
     w1.kill(); // SIGKILL mid-run: its leased jobs come back through the reaper.
     let w4 = worker("w4", dir.path(), &url, "chaos", &worker_args);
-    api.wait_succeeded("chaos", 2500, &[&m, &w2, &w3, &w4])
+    api.wait_succeeded("chaos", n_jobs as u64 / 2, &[&m, &w2, &w3, &w4])
         .await;
     redis.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.start_again().unwrap();
-    api.wait_succeeded("chaos", N as u64, &[&m, &w2, &w3, &w4])
+    api.wait_succeeded("chaos", n_jobs as u64, &[&m, &w2, &w3, &w4])
         .await;
 
     // Every job ends `succeeded`.
@@ -273,10 +280,10 @@ async fn chaos_killed_worker_and_redis_restart_lose_nothing() {
         .collect();
     assert!(never.is_empty(), "{} jobs never ran", never.len());
     let duplicates = counts.values().filter(|&&c| c > 1).count();
-    println!("chaos: {N} jobs, all succeeded, 0 lost, {duplicates} ran more than once");
+    println!("chaos: {n_jobs} jobs, all succeeded, 0 lost, {duplicates} ran more than once");
     let q = api.queue("chaos").await.unwrap();
     println!("chaos: queue stats {q}");
-    assert_eq!(q["succeeded_total"], json!(N));
+    assert_eq!(q["succeeded_total"], json!(n_jobs));
     assert_eq!(q["queued"], json!(0));
     assert_eq!(q["running"], json!(0));
     drop((w2, w3, w4, m));
