@@ -10,23 +10,28 @@ use crate::cli::{Engine, RedisArgs};
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Run on this Redis instead of the in-memory engines.
-    #[arg(long = "redis")]
+    /// Run on this Redis instead of the in-memory engines (`KEEL_DEV_REDIS`, not
+    /// `KEEL_REDIS_URL`: a shell set up for the other roles still gets the memory engines).
+    #[arg(long = "redis", env = "KEEL_DEV_REDIS")]
     pub redis: Option<String>,
     /// Rate-limit service address.
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "KEEL_DEV_LIMIT_LISTEN", default_value = "127.0.0.1:8081")]
     pub limit_listen: String,
     /// Rate-limit rules file (default: rule "default", 100/s per key).
-    #[arg(long)]
+    #[arg(long, env = "KEEL_LIMIT_RULES")]
     pub limit_rules: Option<std::path::PathBuf>,
     /// Job master address (API and dashboard); two workers run in the same process.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "KEEL_DEV_JOBS_LISTEN", default_value = "127.0.0.1:8080")]
     pub jobs_listen: String,
     /// Chat server: IRC address.
-    #[arg(long, default_value = "127.0.0.1:6667")]
+    #[arg(long, env = "KEEL_DEV_IRC_LISTEN", default_value = "127.0.0.1:6667")]
     pub irc_listen: String,
     /// Chat server: HTTP address (web client, WebSocket, admin).
-    #[arg(long, default_value = "127.0.0.1:8082")]
+    #[arg(
+        long,
+        env = "KEEL_DEV_CHAT_HTTP_LISTEN",
+        default_value = "127.0.0.1:8082"
+    )]
     pub chat_http_listen: String,
 }
 
