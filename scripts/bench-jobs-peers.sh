@@ -30,8 +30,8 @@ WORKERS=4
 PORT=""
 PEERS="apalis,dramatiq,celery,rq"
 APALIS_JOBS=100000
-DRAMATIQ_JOBS=5000
-CELERY_JOBS=2000
+DRAMATIQ_JOBS=10000
+CELERY_JOBS=3000
 RQ_JOBS=2000
 KEEP_LOGS=0
 
@@ -174,7 +174,7 @@ if ! flock -n 9; then
 fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average $LOAD_BEFORE; Keel: $JOBS jobs, $WORKERS workers ($KEEL)"
-run_child "$KEEL" bench jobs --redis "$URL" --jobs "$JOBS" --workers "$WORKERS" --json >"$RUN_DIR/keel.json"
+KEEL_LOG=${KEEL_LOG:-warn} run_child "$KEEL" bench jobs --redis "$URL" --jobs "$JOBS" --workers "$WORKERS" --json >"$RUN_DIR/keel.json"
 
 PEER_ARGS=()
 run_peer() { # name jobs command...

@@ -51,6 +51,7 @@ def build(keel_out, peers, skipped, meta):
         top = vs("jobs_noop_vs_fastest_peer", fastest)
         top["goal_ratio"] = GOAL
         top["goal_met"] = top["ratio"] is not None and top["ratio"] >= GOAL
+        top["naive_baseline_ops_per_sec"] = round(keel_naive(keel_out))
         top["meta"] = meta
         out.append(top)
     for p in ran:

@@ -24,6 +24,7 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(top["baseline_ops_per_sec"], 20000)
         self.assertEqual(top["ratio"], 7.5)
         self.assertTrue(top["goal_met"])
+        self.assertEqual(top["naive_baseline_ops_per_sec"], 40000)
         self.assertEqual(out[2]["ratio"], 750.0)
         self.assertEqual(out[3]["skipped"], "venv failed")
         text = report.table(KEEL, out, {"load": "1.0"})
