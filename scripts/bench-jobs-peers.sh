@@ -92,9 +92,10 @@ cleanup() {
     [ -e "$f" ] || continue
     kill -KILL -- "-$(cat "$f")" 2>/dev/null || true
   done
+  [ -z "$REDIS_PID" ] && [ -s "$RUN_DIR/redis.pid" ] && REDIS_PID=$(cat "$RUN_DIR/redis.pid")
   if [ -n "$REDIS_PID" ]; then
     kill -TERM "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
   fi
   if [ "$KEEP_LOGS" = 1 ] || [ $rc -ne 0 ]; then
     say "logs kept in $RUN_DIR"
@@ -156,14 +157,16 @@ if [ -z "$PORT" ]; then
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fi
 URL=redis://127.0.0.1:$PORT
-redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-  --logfile "$RUN_DIR/redis.log" &
-REDIS_PID=$!
+# Daemonized, as in docs/bench/jobs.md: its own session, so its own scheduler autogroup (the same
+# for Keel and every peer); every client (Keel's bench, the peers' workers) stays in this one.
+redis-server --port "$PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --pidfile "$RUN_DIR/redis.pid" --logfile "$RUN_DIR/redis.log"
 for _ in $(seq 100); do
-  redis-cli -p "$PORT" ping >/dev/null 2>&1 && break
+  redis-cli -p "$PORT" ping >/dev/null 2>&1 && [ -s "$RUN_DIR/redis.pid" ] && break
   sleep 0.05
 done
 redis-cli -p "$PORT" ping >/dev/null 2>&1 || { say "redis-server did not start on port $PORT"; exit 1; }
+REDIS_PID=$(cat "$RUN_DIR/redis.pid")
 REDIS_VERSION=$(redis-cli -p "$PORT" info server | sed -n 's/^redis_version:\([^\r]*\).*/\1/p')
 
 # --- measure: Keel, then each peer, under the bench lock ----------------------------------------

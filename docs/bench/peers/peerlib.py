@@ -55,7 +55,7 @@ def worker_env(redis_url, **more):
 
 
 class Workers:
-    """Worker processes, each in its own session; always stopped on exit."""
+    """Worker processes, each in its own process group; always stopped on exit."""
 
     def __init__(self):
         self.procs = []
@@ -65,8 +65,11 @@ class Workers:
 
     def spawn(self, argv, env):
         log = open(os.environ.get("KEEL_PEER_LOG", os.devnull), "ab")
+        # Its own process group (so that it and its children can be killed together), but the
+        # caller's session: a new session would also be a new scheduler autogroup, a CPU share
+        # of its own that Keel's bench process does not get on a loaded machine.
         p = subprocess.Popen(argv, env=env, cwd=HERE, stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=log, start_new_session=True)
+                             stdout=log, stderr=log, preexec_fn=os.setpgrp)
         log.close()
         self.procs.append(p)
         piddir = os.environ.get("KEEL_PEER_PIDDIR")
