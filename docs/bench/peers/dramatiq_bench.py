@@ -2,7 +2,6 @@
 no bulk enqueue: one `send` (one Lua call) per message. Done when the queue's message hash
 is empty: dramatiq's Redis broker keeps a message there until it is acked."""
 
-import os
 import sys
 import time
 
