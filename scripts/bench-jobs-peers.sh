@@ -55,7 +55,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-say() { echo "bench-jobs-peers: $*" >&2; }
+# Messages go to the script's own stderr (fd 3), also from the trap, which may run while a
+# command's stderr is redirected into a log.
+exec 3>&2
+say() { echo "bench-jobs-peers: $*" >&3; }
 for tool in redis-server redis-cli python3; do
   command -v "$tool" >/dev/null 2>&1 || { say "$tool not found (scripts/install-deps.sh installs Redis)"; exit 1; }
 done

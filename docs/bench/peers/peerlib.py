@@ -139,7 +139,8 @@ def produce(args, enqueue):
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in split(args.jobs, args.producers)]
+    # Daemon threads: a SIGTERM (SystemExit in the main thread) must not wait for them.
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in split(args.jobs, args.producers)]
     for t in threads:
         t.start()
     for t in threads:
