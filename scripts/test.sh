@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo test --workspace --all-targets "$@"
+# The peer benchmark's report logic (standard library only; the peers themselves run by hand).
+python3 -m unittest discover -s docs/bench/peers -p 'test_*.py'
+bash -n scripts/bench-jobs-peers.sh
 bash scripts/e2e-compose.sh
