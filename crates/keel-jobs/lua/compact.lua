@@ -6,7 +6,7 @@
 -- its fetch batch's token "seq|started|worker" (see fetch.lua), so a fetch writes nothing into
 -- `jobs`. (Records written before batch leases may still read
 -- "r" .. started .. "|" .. #worker .. "|" .. worker .. queued-record while running.)
--- Its success adds "finished" or "finished|result" to the `fin` hash (the record stays until
+-- Its success adds "finished|@started|#worker|worker" (+ "|result" if any) to the `fin` hash (the record stays until
 -- its retention ends). Any other transition (cancel, failure, lost lease, hand-back) first moves
 -- it into its own `job:ID` hash (`materialize`), where the rare states live.
 

@@ -4,7 +4,7 @@
 -- ARGV = retention_ms, dead_retention_ms, recent_cap, then 3 fields per job (at most 1000 jobs):
 --   id, attempt, outcome: "o" (succeeded) or "o" .. result (JSON), "f" .. backoff_ms .. "|" ..
 --   error (failed, retried while attempts remain), "x" .. error (failed, no retry).
--- A success writes "finished[|result]" into the `fin` hash (whether the job is compact or has
+-- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
 -- its own hash; `fin` wins over any recorded state) and appends "expiry(13 digits)..id" to the
 -- queue's time-ordered `done` list; expired entries are forgotten here and by reap in bounded
 -- steps. A failure first moves a compact job into its own hash.
@@ -93,7 +93,7 @@ end
 for r = 1, nruns, 2 do leave_batch(base, runs[r], runs[r + 1]) end
 -- Unique keys are looked up only in queues that ever used one.
 local uniq = redis.call('EXISTS', base .. 'uniqused') == 1
-local fin, kept, recent = {}, {}, {}
+local fin, kept, recent, heads = {}, {}, {}, {}
 local nf, ok, nr = 0, 0, 0
 local failed, dead, applied = 0, 0, 0
 local byte, sub = string.byte, string.sub
@@ -104,7 +104,18 @@ for j = 1, k do
     if byte(c, 1) == 111 then -- 'o'
       nf = nf + 2
       fin[nf - 1] = id
-      if #c == 1 then fin[nf] = snow else fin[nf] = snow .. '|' .. sub(c, 2) end
+      -- A compact job's record does not say when and where it ran (its batch token did):
+      -- "finished|@started|#worker|worker[|result]", the prefix built once per batch.
+      local token, head = held[j], snow
+      if token ~= '' then
+        head = heads[token]
+        if not head then
+          local st, w = string.match(token, '^%d+|(%d+)|(.*)$')
+          head = st and (snow .. '|@' .. st .. '|' .. #w .. '|' .. w) or snow
+          heads[token] = head
+        end
+      end
+      if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
       ok = ok + 1
       kept[ok] = stamp .. id
       if uniq then release_unique(redis.call('HGET', jobp .. id, 'uk'), id) end

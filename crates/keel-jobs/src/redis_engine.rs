@@ -548,10 +548,27 @@ fn decode_compact(id: &str, queue: &str, record: &str, token: Option<&str>) -> E
 /// A success recorded in the `fin` hash (`finished` or `finished|result`) wins over the state
 /// the job's record still shows.
 fn apply_fin(job: &mut Job, fin: &str) {
-    let (finished, result) = match fin.split_once('|') {
+    let (finished, mut result) = match fin.split_once('|') {
         Some((f, r)) => (f, Some(r)),
         None => (fin, None),
     };
+    // "@started|#worker|worker" (then "|result"): when and where a compact job ran.
+    if let Some(run) = result.and_then(|r| r.strip_prefix('@')) {
+        let ran = run.split_once('|').and_then(|(started, rest)| {
+            let (len, rest) = rest.split_once('|')?;
+            let len: usize = len.parse().ok()?;
+            let worker = rest.get(..len)?;
+            Some((num(started), worker, rest.get(len..)?))
+        });
+        if let Some((started, worker, rest)) = ran {
+            if job.started_at.is_none() {
+                job.started_at = Some(started);
+                job.worker = Some(worker.to_string());
+            }
+            job.attempts = job.attempts.max(1);
+            result = rest.strip_prefix('|');
+        }
+    }
     job.state = JobState::Succeeded;
     job.finished_at = Some(num(finished));
     job.result = result
@@ -1252,6 +1269,16 @@ mod tests {
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.finished_at, Some(1_700_000_000_900));
         assert_eq!(job.result, Some(serde_json::json!({"ok": 1})));
+        // A compact job that succeeded: its record is queued again, `fin` says where it ran.
+        let mut job = decode_compact(ID, "q", &queued, None).unwrap();
+        apply_fin(&mut job, r#"1700000000900|@1700000000500|5|w|1|2|{"ok":2}"#);
+        assert_eq!((job.state, job.attempts), (JobState::Succeeded, 1));
+        assert_eq!(job.worker.as_deref(), Some("w|1|2"));
+        assert_eq!(job.started_at, Some(1_700_000_000_500));
+        assert_eq!(job.result, Some(serde_json::json!({"ok": 2})));
+        let mut job = decode_compact(ID, "q", &queued, None).unwrap();
+        apply_fin(&mut job, "1700000000900|@1700000000500|1|w");
+        assert_eq!((job.attempts, job.result.clone()), (1, None));
         assert!(decode_compact(ID, "q", "r12|99|short", None).is_err());
         assert!(decode_compact(ID, "q", "garbage", None).is_err());
     }

@@ -293,6 +293,9 @@ async fn partly_acked_expired_batch_is_reaped(e: Arc<dyn Engine>) {
         };
         assert_eq!(state, expected, "job {i}");
     }
+    let done = e.get(&batch[0].id).await.unwrap().unwrap();
+    assert_eq!((done.attempts, done.worker.as_deref()), (1, Some("w1")));
+    assert_eq!(done.started_at, batch[0].started_at);
     let unacked = [&batch[1], &batch[2], &batch[4]];
     let late: Vec<Completion> = unacked.iter().map(|j| ok(j)).collect();
     assert_eq!(e.complete("pb", &late).await.unwrap(), 0, "late acks");
@@ -337,7 +340,11 @@ async fn heartbeat_renews_a_batch(e: Arc<dyn Engine>) {
         .unwrap();
     assert_eq!(lost, vec![batch[1].id.clone()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(e.reap("hb", 100).await.unwrap(), 0, "renewed past the first lease");
+    assert_eq!(
+        e.reap("hb", 100).await.unwrap(),
+        0,
+        "renewed past the first lease"
+    );
     assert_eq!(running_in(&e, "hb").await, 2);
     assert_eq!(
         e.complete("hb", &[ok(&batch[2]), ok(&batch[3])])
