@@ -1,6 +1,8 @@
 # Micro-benchmark of the job scripts: Redis-side time per job of enqueue, fetch, complete
 # (slowlog durations), driven over a raw RESP socket (no client library needed).
 # usage: PORT=16421 python3 jobs_scripts_microbench.py crates/keel-jobs/lua [rounds]
+# (also prints redis-server's CPU time per job from /proc/PID/stat: run it on the same host;
+# SLOW=N sets slowlog-log-slower-than, default 0)
 # WARNING: it runs FLUSHALL and changes slowlog settings: point it at a private redis-server only.
 # To see what one call costs, copy the lua folder, comment that call out, and compare.
 import socket, sys, random, hashlib, json, os
@@ -36,11 +38,16 @@ def src(name):
         body = open(f'{LUA}/compact.lua').read() + body
     return body
 shas = {n: call('SCRIPT', 'LOAD', src(n)) for n in ('enqueue', 'fetch', 'complete')}
-call('FLUSHALL'); call('CONFIG', 'SET', 'slowlog-log-slower-than', '0'); call('CONFIG', 'SET', 'slowlog-max-len', '100000'); call('SLOWLOG', 'RESET')
+call('FLUSHALL'); call('CONFIG', 'SET', 'slowlog-log-slower-than', os.environ.get('SLOW','0')); call('CONFIG', 'SET', 'slowlog-max-len', '100000'); call('SLOWLOG', 'RESET')
 C = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 base = 'lb:{q:bench}:'
 compact = os.path.exists(f'{LUA}/compact.lua')
 B = 500
+pid = [l for l in call('INFO','server').split('\r\n') if l.startswith('process_id:')][0].split(':')[1]
+def cpu():
+    st = open(f'/proc/{pid}/stat').read().rsplit(')',1)[1].split()
+    return (int(st[11]) + int(st[12])) / os.sysconf('SC_CLK_TCK')
+c0 = cpu()
 for r in range(ROUNDS):
     args = [B]
     for j in range(B):
@@ -60,6 +67,7 @@ for r in range(ROUNDS):
             if compact: acks += [idv, att, 'o']
             else: acks += [idv, att, 'ok', '']
         call('EVALSHA', shas['complete'], 1, base, *acks)
+c1 = cpu()
 log = call('SLOWLOG', 'GET', 1000000)
 tot = {}
 for e in log:
@@ -68,4 +76,4 @@ for e in log:
     name = [n for n, h in shas.items() if h == a[1]][0]
     tot[name] = tot.get(name, 0) + e[2]
 jobs = ROUNDS * B
-print(' '.join(f'{n}={tot.get(n,0)/jobs:.2f}' for n in ('enqueue', 'fetch', 'complete')), f'total={sum(tot.values())/jobs:.2f} us/job')
+print(' '.join(f'{n}={tot.get(n,0)/jobs:.2f}' for n in ('enqueue', 'fetch', 'complete')), f'total={sum(tot.values())/jobs:.2f} us/job', f'redis_cpu={(c1-c0)*1e6/jobs:.2f} us/job')

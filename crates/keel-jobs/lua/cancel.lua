@@ -17,7 +17,7 @@ if st == 'succeeded' or st == 'dead' or st == 'cancelled' then return st end
 -- states until they have dropped it (see fetch.lua).
 if st == 'queued' then redis.call('INCR', base .. 'stale') end
 redis.call('ZREM', base .. 'scheduled', id)
-if st == 'running' then redis.call('ZREM', base .. 'inflight', id .. '|' .. (f[3] or '0')) end
+if st == 'running' then drop_lease(base, id .. '|' .. (f[3] or '0')) end
 redis.call('HSET', key, 'st', 'cancelled', 'fa', now, 'err', 'cancelled')
 redis.call('PEXPIRE', key, retention)
 redis.call('LPUSH', base .. 'recent', id)

@@ -1,14 +1,18 @@
 -- Prelude shared by the scripts that meet compact jobs (prepended to them by the engine).
 -- A job enqueued ready at once without a unique key lives, while it is queued or running, as
 -- one field of its queue's `jobs` hash (one variadic HSET per batch, no key per job):
---   queued   "*ID|created|priority|max_attempts|spec"   (also its ready list element)
---   running  "r" .. started .. "|" .. #worker .. "|" .. worker .. queued-record   (attempt 1)
--- Its success adds "finished" or "finished|result" to the `fin` hash (the record stays until
+--   "*ID|created|priority|max_attempts|spec"   (also its ready list element)
+-- It is running (attempt 1) while its member "ID|1" is in the `held` hash; the value there is
+-- its fetch batch's token "seq|started|worker" (see fetch.lua), so a fetch writes nothing into
+-- `jobs`. (Records written before batch leases may still read
+-- "r" .. started .. "|" .. #worker .. "|" .. worker .. queued-record while running.)
+-- Its success adds "finished|@started|#worker|worker" (+ "|result" if any) to the `fin` hash (the record stays until
 -- its retention ends). Any other transition (cancel, failure, lost lease, hand-back) first moves
 -- it into its own `job:ID` hash (`materialize`), where the rare states live.
 
--- The fields of a compact record, or nil when it cannot be read.
-local function parse_compact(rec)
+-- The fields of a compact record, or nil when it cannot be read. `token`: the batch token
+-- holding it (running), or nil (queued).
+local function parse_compact(rec, token)
   local e, sa, w = rec, nil, nil
   if string.byte(rec, 1) == 114 then -- 'r'
     local s, wl, pos = string.match(rec, '^r(%d+)|(%d+)|()')
@@ -17,6 +21,8 @@ local function parse_compact(rec)
     sa = s
     w = string.sub(rec, pos, pos + wl - 1)
     e = string.sub(rec, pos + wl)
+  elseif token then
+    sa, w = string.match(token, '^%d+|(%d+)|(.*)$')
   end
   local id, ca, p, max, spec = string.match(e, '^%*([^|]+)|(%d+)|(-?%d+)|(%d+)|(.*)$')
   if not id then return nil end
@@ -25,11 +31,15 @@ local function parse_compact(rec)
 end
 
 -- Moves the compact job `id` of queue `base` into its own hash; returns its fields, or nil
--- when the job is not compact (already in `job:ID`, or unknown).
-local function materialize(base, id)
+-- when the job is not compact (already in `job:ID`, or unknown). `token`: the batch token that
+-- held its first attempt when the caller has already ended that lease; nil: looked up in `held`.
+local function materialize(base, id, token)
   local rec = redis.call('HGET', base .. 'jobs', id)
   if not rec then return nil end
-  local j = parse_compact(rec)
+  if not token and string.byte(rec, 1) == 42 then
+    token = redis.call('HGET', base .. 'held', id .. '|1') or nil
+  end
+  local j = parse_compact(rec, token)
   if not j then return nil end
   local fields = { 'spec', j.spec, 'p', j.p, 'max', j.max, 'st', j.st, 'att', j.att, 'ca', j.ca }
   if j.sa then
@@ -62,4 +72,30 @@ local function forget_done(base, now, step)
   redis.call('HDEL', base .. 'fin', unpack(ids))
   redis.call('LTRIM', base .. 'done', #ids, -1)
   return #ids
+end
+
+-- Leases are held per fetch batch (see fetch.lua): `held` maps "id|attempt" to the token of
+-- the batch that leased it, `leases` scores each token by its expiry, `batch:TOKEN` lists the
+-- batch's members for the reaper and `bcount` counts the members of each batch still held.
+-- Called when `k` members of batch `token` stop being held (acked, cancelled, handed back,
+-- reaped): the last one forgets the batch.
+local function leave_batch(base, token, k)
+  if redis.call('HINCRBY', base .. 'bcount', token, -k) <= 0 then
+    redis.call('HDEL', base .. 'bcount', token)
+    redis.call('ZREM', base .. 'leases', token)
+    redis.call('UNLINK', base .. 'batch:' .. token)
+  end
+end
+
+-- Ends the lease of `member` ("id|attempt") if it is held: returns the batch token that held
+-- it, '' for an in-flight entry written before batch leases, or nil when it was not held.
+local function drop_lease(base, member)
+  local token = redis.call('HGET', base .. 'held', member)
+  if token then
+    redis.call('HDEL', base .. 'held', member)
+    leave_batch(base, token, 1)
+    return token
+  end
+  if redis.call('ZREM', base .. 'inflight', member) == 1 then return '' end
+  return nil
 end

@@ -4,7 +4,7 @@
 -- ARGV = retention_ms, dead_retention_ms, recent_cap, then 3 fields per job (at most 1000 jobs):
 --   id, attempt, outcome: "o" (succeeded) or "o" .. result (JSON), "f" .. backoff_ms .. "|" ..
 --   error (failed, retried while attempts remain), "x" .. error (failed, no retry).
--- A success writes "finished[|result]" into the `fin` hash (whether the job is compact or has
+-- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
 -- its own hash; `fin` wins over any recorded state) and appends "expiry(13 digits)..id" to the
 -- queue's time-ordered `done` list; expired entries are forgotten here and by reap in bounded
 -- steps. A failure first moves a compact job into its own hash.
@@ -22,8 +22,9 @@ local function release_unique(uk, id)
     if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
   end
 end
--- Parse the acks, then check every lease with one ZMSCORE: the member "id|attempt" is in the
--- in-flight set exactly while that attempt holds the job (see fetch.lua).
+-- Parse the acks, then check every lease with one HMGET: the member "id|attempt" is in the
+-- `held` hash, mapped to its fetch batch's token, exactly while that attempt holds the job
+-- (see fetch.lua).
 local n = #ARGV
 if n > 3 + 3000 then return redis.error_reply('at most 1000 acks per call') end
 local ids, codes, members = {}, {}, {}
@@ -36,28 +37,91 @@ for i = 4, n, 3 do
   codes[k] = ARGV[i + 2]
 end
 if k == 0 then return 0 end
-local held = redis.call('ZMSCORE', base .. 'inflight', unpack(members))
+local held = redis.call('HMGET', base .. 'held', unpack(members))
+-- The members held, and their batches as runs of (token, count) (an ack batch holds the jobs
+-- of few fetch batches, mostly in order). Leases written before batch leases live in the
+-- `inflight` zset (looked at only when a member is not held and that zset exists): '' marks them.
+local done, runs = {}, {}
+local nd, nruns, last, cnt = 0, 0, nil, 0
+local legacy = nil
+for j = 1, k do
+  local token = held[j]
+  if token then
+    nd = nd + 1
+    done[nd] = members[j]
+    if token == last then
+      cnt = cnt + 1
+    else
+      if last then
+        runs[nruns + 1] = last
+        runs[nruns + 2] = cnt
+        nruns = nruns + 2
+      end
+      last, cnt = token, 1
+    end
+  else
+    if legacy == nil then legacy = redis.call('EXISTS', base .. 'inflight') == 1 end
+    if legacy and redis.call('ZREM', base .. 'inflight', members[j]) == 1 then held[j] = '' end
+  end
+end
+if last then
+  runs[nruns + 1] = last
+  runs[nruns + 2] = cnt
+  nruns = nruns + 2
+end
+if nd > 0 and redis.call('HDEL', base .. 'held', unpack(done)) ~= nd then
+  -- An attempt acked twice in one call: only its first ack counts.
+  local seen, byb = {}, {}
+  runs, nruns = {}, 0
+  for j = 1, k do
+    local token = held[j]
+    if token and token ~= '' then
+      if seen[members[j]] then
+        held[j] = false
+      else
+        seen[members[j]] = true
+        byb[token] = (byb[token] or 0) + 1
+      end
+    end
+  end
+  for token, c in pairs(byb) do
+    runs[nruns + 1] = token
+    runs[nruns + 2] = c
+    nruns = nruns + 2
+  end
+end
+for r = 1, nruns, 2 do leave_batch(base, runs[r], runs[r + 1]) end
 -- Unique keys are looked up only in queues that ever used one.
 local uniq = redis.call('EXISTS', base .. 'uniqused') == 1
-local done, fin, kept, recent = {}, {}, {}, {}
-local nd, nf, ok, nr = 0, 0, 0, 0
-local failed, dead = 0, 0
+local fin, kept, recent, heads = {}, {}, {}, {}
+local nf, ok, nr = 0, 0, 0
+local failed, dead, applied = 0, 0, 0
 local byte, sub = string.byte, string.sub
 for j = 1, k do
   if held[j] then
+    applied = applied + 1
     local id, c = ids[j], codes[j]
-    nd = nd + 1
-    done[nd] = members[j]
     if byte(c, 1) == 111 then -- 'o'
       nf = nf + 2
       fin[nf - 1] = id
-      if #c == 1 then fin[nf] = snow else fin[nf] = snow .. '|' .. sub(c, 2) end
+      -- A compact job's record does not say when and where it ran (its batch token did):
+      -- "finished|@started|#worker|worker[|result]", the prefix built once per batch.
+      local token, head = held[j], snow
+      if token ~= '' then
+        head = heads[token]
+        if not head then
+          local st, w = string.match(token, '^%d+|(%d+)|(.*)$')
+          head = st and (snow .. '|@' .. st .. '|' .. #w .. '|' .. w) or snow
+          heads[token] = head
+        end
+      end
+      if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
       ok = ok + 1
       kept[ok] = stamp .. id
       if uniq then release_unique(redis.call('HGET', jobp .. id, 'uk'), id) end
     else
       failed = failed + 1
-      materialize(base, id)
+      materialize(base, id, held[j] ~= '' and held[j] or nil)
       local key = jobp .. id
       local text, backoff = sub(c, 2), nil
       if byte(c, 1) == 102 then -- 'f'
@@ -81,9 +145,6 @@ for j = 1, k do
     end
   end
 end
-if nd > 0 then
-  redis.call('ZREM', base .. 'inflight', unpack(done))
-end
 for s = 1, nf, 1000 do
   redis.call('HSET', base .. 'fin', unpack(fin, s, math.min(s + 999, nf)))
 end
@@ -100,4 +161,4 @@ if dead > 0 then redis.call('HINCRBY', base .. 'stats', 'dead', dead) end
 
 -- Forget succeeded jobs past their retention: a bounded step, a little more than was added.
 forget_done(base, now, math.min(ok + 16, 1000))
-return nd
+return applied

@@ -1,14 +1,18 @@
 -- Lease up to ARGV[2] ready jobs of one queue to a worker, after promoting due delayed jobs.
 -- KEYS[1] = queue base; ARGV = worker, max (<= 1000), lease_ms, promote_limit
 -- A ready list element carries what a fetch returns, so a fetch reads nothing per job:
---   compact jobs (see compact.lua): "*ID|created|priority|max_attempts|spec"; their running
---     record is written into the `jobs` hash with one variadic HSET per batch;
+--   compact jobs (see compact.lua): "*ID|created|priority|max_attempts|spec"; their record in
+--     the `jobs` hash stays as it is (they run while they are held, see below);
 --   jobs in their own hash: "id|attempt|created|enqueued|run_at|spec"; one HSET per job.
 -- An element is stale only after a cancel of a queued job, which bumps the queue's `stale`
 -- counter; while it is above zero, fetches check each job's state (and count the stale
 -- elements they drop).
--- In-flight members are "id|attempt": a job is running with that attempt exactly while its
--- member is there, so acks and heartbeats check leases with one ZMSCORE per batch.
+-- Leases are per fetch batch: the batch gets a token "seq|started|worker" (seq: a per-queue
+-- counter), scored by its expiry in the `leases` zset (one ZADD per batch, renewed by
+-- heartbeats); the `held` hash maps each member "id|attempt" to that token: a job runs with
+-- that attempt exactly while its member is there, so acks and heartbeats check leases with one
+-- HMGET per call. `batch:TOKEN` lists the members for the reaper, `bcount` counts those still
+-- held (see compact.lua).
 -- Returns a flat array: started_at (= now), then the elements; a job now runs the element's
 -- attempt + 1 (compact jobs: attempt 1).
 local base = KEYS[1]
@@ -35,17 +39,23 @@ end
 -- Cluster-wide concurrency limit of the queue.
 local limit = tonumber(redis.call('HGET', base .. 'cfg', 'max_concurrency') or '0')
 if limit > 0 then
-  max = math.min(max, limit - redis.call('ZCARD', base .. 'inflight'))
+  -- (`held` also holds its sentinel, see below; `inflight`: leases written before batch leases.)
+  max = math.min(max, limit - math.max(redis.call('HLEN', base .. 'held') - 1, 0)
+    - redis.call('ZCARD', base .. 'inflight'))
 end
 if max <= 0 then return {} end
 
 local snow = string.format('%d', now)
 local sexp = string.format('%d', now + lease)
--- A compact job's running record is this prefix followed by its element.
-local rpre = 'r' .. snow .. '|' .. #worker .. '|' .. worker
+-- The batch's token: "seq|started|worker" (a compact job's running state, see compact.lua).
+local tpost = '|' .. snow .. '|' .. worker
 local out = { snow }
-local inflight, recs = {}, {}
-local ni, no, nrec = 0, 1, 0 -- (lengths: counters are cheaper than #)
+-- The batch's token is taken at its first job (an empty fetch writes nothing).
+-- `held` starts with a sentinel field '' whose value is longer than hash-max-listpack-value:
+-- the hash is then a real hash table from its first fetch on (a listpack below 512 fields
+-- would make every lookup and delete a linear scan), and it is never emptied.
+local members, held, token = {}, { '', string.rep('-', 80) }, nil
+local ni, no = 0, 1 -- (lengths: counters are cheaper than #)
 local stale = tonumber(redis.call('GET', base .. 'stale') or '0')
 local dropped = 0
 local prios = redis.call('ZRANGE', base .. 'prios', 0, 15)
@@ -72,12 +82,12 @@ for _, p in ipairs(prios) do
           if not cur or byte(cur, 1) ~= 42 then id = nil end
         end
         if id then
-          nrec = nrec + 2
-          recs[nrec - 1] = id
-          recs[nrec] = rpre .. e
-          ni = ni + 2
-          inflight[ni - 1] = sexp
-          inflight[ni] = id .. '|1'
+          if not token then token = redis.call('INCR', base .. 'bseq') .. tpost end
+          local m = id .. '|1'
+          ni = ni + 1
+          members[ni] = m
+          held[ni * 2 + 1] = m
+          held[ni * 2 + 2] = token
           no = no + 1
           out[no] = e
           max = max - 1
@@ -103,9 +113,12 @@ for _, p in ipairs(prios) do
         if id then
           local run = tonumber(att) + 1
           redis.call('HSET', jobp .. id, 'st', 'running', 'att', run, 'sa', snow, 'w', worker)
-          ni = ni + 2
-          inflight[ni - 1] = sexp
-          inflight[ni] = id .. '|' .. run
+          if not token then token = redis.call('INCR', base .. 'bseq') .. tpost end
+          local m = id .. '|' .. run
+          ni = ni + 1
+          members[ni] = m
+          held[ni * 2 + 1] = m
+          held[ni * 2 + 2] = token
           no = no + 1
           out[no] = e
           max = max - 1
@@ -126,11 +139,16 @@ if dropped > 0 and stale > 0 then
     redis.call('DEL', base .. 'stale')
   end
 end
--- (field, value) and (score, member) pairs, unpacked at most 1000 values at a time.
-for s = 1, nrec, 1000 do
-  redis.call('HSET', jobs, unpack(recs, s, math.min(s + 999, nrec)))
-end
-for s = 1, ni, 1000 do
-  redis.call('ZADD', base .. 'inflight', unpack(inflight, s, math.min(s + 999, ni)))
+if ni > 0 then
+  -- One lease for the whole batch.
+  local nh = ni * 2 + 2
+  for s = 1, nh, 1000 do
+    redis.call('HSET', base .. 'held', unpack(held, s, math.min(s + 999, nh)))
+  end
+  for s = 1, ni, 1000 do
+    redis.call('RPUSH', base .. 'batch:' .. token, unpack(members, s, math.min(s + 999, ni)))
+  end
+  redis.call('HSET', base .. 'bcount', token, ni)
+  redis.call('ZADD', base .. 'leases', sexp, token)
 end
 return out

@@ -1,6 +1,8 @@
 -- Renew the leases a worker holds; report the ones it lost (cancelled, reaped, finished).
--- In-flight members are "id|attempt": the attempt holds the job exactly while its member is
--- there (see fetch.lua), so one ZMSCORE checks the whole batch.
+-- Leases are per fetch batch (see fetch.lua): the member "id|attempt" is in the `held` hash,
+-- mapped to its batch's token, exactly while the attempt holds the job; one HMGET checks the
+-- whole call and one ZADD XX renews each batch's token once. Leases written before batch
+-- leases (members of the `inflight` zset) are checked and renewed there.
 -- KEYS[1] = queue base; ARGV = lease_ms, then id, attempt pairs (at most 1000 pairs)
 local base = KEYS[1]
 if #ARGV > 1 + 2000 then return redis.error_reply('at most 1000 leases per call') end
@@ -14,17 +16,28 @@ for i = 2, #ARGV, 2 do
   members[k] = ARGV[i] .. '|' .. ARGV[i + 1]
 end
 if k == 0 then return {} end
-local held = redis.call('ZMSCORE', base .. 'inflight', unpack(members))
-local lost, renew = {}, {}
+local held = redis.call('HMGET', base .. 'held', unpack(members))
+local lost, renew, seen = {}, {}, {}
+local legacy = nil
 for j = 1, k do
-  if held[j] then
-    renew[#renew + 1] = expiry
-    renew[#renew + 1] = members[j]
+  local token = held[j]
+  if token then
+    if not seen[token] then
+      seen[token] = true
+      renew[#renew + 1] = expiry
+      renew[#renew + 1] = token
+    end
   else
-    lost[#lost + 1] = ARGV[2 * j]
+    if legacy == nil then legacy = redis.call('EXISTS', base .. 'inflight') == 1 end
+    if legacy and redis.call('ZSCORE', base .. 'inflight', members[j]) then
+      redis.call('ZADD', base .. 'inflight', 'XX', expiry, members[j])
+    else
+      lost[#lost + 1] = ARGV[2 * j]
+    end
   end
 end
+-- XX: a batch the reaper has finished stays gone (its jobs were reported lost above).
 for s = 1, #renew, 1000 do
-  redis.call('ZADD', base .. 'inflight', 'XX', unpack(renew, s, math.min(s + 999, #renew)))
+  redis.call('ZADD', base .. 'leases', 'XX', unpack(renew, s, math.min(s + 999, #renew)))
 end
 return lost

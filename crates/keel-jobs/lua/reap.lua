@@ -1,17 +1,20 @@
 -- Re-queue jobs whose lease expired (their worker is gone); past max_attempts they die.
 -- Also drops dead-set entries older than the dead retention and succeeded jobs past their
 -- retention. All bounded by ARGV[1] (<= 1000). (Prepended with compact.lua.)
+-- Leases are per fetch batch (see fetch.lua): an expired batch's member list is popped in
+-- steps of at most the remaining budget; each member still held by that batch is re-queued
+-- (members acked, cancelled or handed back are no longer held and are skipped). A batch
+-- whose token a heartbeat renews between two steps keeps its remaining members.
 -- KEYS[1] = queue base; ARGV = limit, dead_retention_ms, recent_cap
 local base = KEYS[1]
 local limit, dead_retention, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', base .. 'inflight', '-inf', now, 'LIMIT', 0, limit)
 local n = 0
-for _, member in ipairs(expired) do
-  redis.call('ZREM', base .. 'inflight', member)
-  local id = string.match(member, '^[^|]+')
-  materialize(base, id)
+
+-- The job of a lost lease: back to its ready list, or dead past its attempts.
+local function lost(id, token)
+  materialize(base, id, token)
   local key = base .. 'job:' .. id
   local f = redis.call('HMGET', key, 'st', 'att', 'max', 'p', 'uk', 'ca', 'ra', 'spec')
   if f[1] == 'running' and redis.call('HEXISTS', base .. 'fin', id) == 0 then
@@ -35,6 +38,40 @@ for _, member in ipairs(expired) do
     end
   end
 end
+
+local budget = limit
+local held = base .. 'held'
+local expired = redis.call('ZRANGEBYSCORE', base .. 'leases', '-inf', now, 'LIMIT', 0, limit)
+for _, token in ipairs(expired) do
+  if budget <= 0 then break end
+  local list = base .. 'batch:' .. token
+  local members = redis.call('LPOP', list, budget) or {}
+  budget = budget - math.max(#members, 1)
+  local gone = 0
+  for _, member in ipairs(members) do
+    if redis.call('HGET', held, member) == token then
+      redis.call('HDEL', held, member)
+      gone = gone + 1
+      lost(string.match(member, '^[^|]+'), token)
+    end
+  end
+  if gone > 0 then leave_batch(base, token, gone) end
+  if redis.call('EXISTS', list) == 0 then
+    -- Every member seen: the batch is over.
+    redis.call('HDEL', base .. 'bcount', token)
+    redis.call('ZREM', base .. 'leases', token)
+  end
+end
+
+-- Leases written before batch leases: one `inflight` member "id|attempt" per job.
+if budget > 0 then
+  local old = redis.call('ZRANGEBYSCORE', base .. 'inflight', '-inf', now, 'LIMIT', 0, budget)
+  for _, member in ipairs(old) do
+    redis.call('ZREM', base .. 'inflight', member)
+    lost(string.match(member, '^[^|]+'))
+  end
+end
+
 local old = redis.call('ZRANGEBYSCORE', base .. 'dead', '-inf', now - dead_retention, 'LIMIT', 0, limit)
 if #old > 0 then redis.call('ZREM', base .. 'dead', unpack(old)) end
 -- Succeeded jobs past their retention (see complete.lua).

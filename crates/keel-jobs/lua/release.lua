@@ -7,9 +7,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = 0
 for i = 1, #ARGV, 2 do
   local id, att = ARGV[i], ARGV[i + 1]
-  -- The attempt holds the job exactly while its in-flight member is there (see fetch.lua).
-  if redis.call('ZREM', base .. 'inflight', id .. '|' .. att) == 1 then
-    materialize(base, id)
+  -- The attempt holds the job exactly while its member is held (see fetch.lua).
+  local token = drop_lease(base, id .. '|' .. att)
+  if token then
+    materialize(base, id, token ~= '' and token or nil)
     local key = base .. 'job:' .. id
     local f = redis.call('HMGET', key, 'st', 'att', 'p', 'ca', 'ra', 'spec')
     if f[1] == 'running' and f[2] == att then

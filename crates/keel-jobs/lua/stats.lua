@@ -10,7 +10,9 @@ local s = redis.call('HMGET', base .. 'stats', 'enqueued', 'succeeded', 'failed'
 return {
   queued,
   redis.call('ZCARD', base .. 'scheduled'),
-  redis.call('ZCARD', base .. 'inflight'),
+  -- running: leases held per batch (less the sentinel field of `held`, see fetch.lua), plus
+  -- any written before batch leases
+  math.max(redis.call('HLEN', base .. 'held') - 1, 0) + redis.call('ZCARD', base .. 'inflight'),
   redis.call('ZCARD', base .. 'dead'),
   tonumber(s[1] or '0'), tonumber(s[2] or '0'), tonumber(s[3] or '0'), tonumber(s[4] or '0'),
   tonumber(redis.call('HGET', base .. 'cfg', 'max_concurrency') or '0'),

@@ -7,7 +7,10 @@
 //! rare paths: delayed, unique, retrying, dead, cancelled, handed back, re-queued),
 //! `ready:P` (list per priority of elements carrying the whole job, so that a fetch reads no
 //! hash; `stale` counts elements a cancel left behind), `prios` (zset of non-empty priorities),
-//! `scheduled` (zset by run-at), `inflight` (zset of `id|attempt` by lease expiry), `dead` (zset
+//! `scheduled` (zset by run-at), leases per fetch batch (`held`: hash `id|attempt` → batch
+//! token, `leases`: zset of tokens by expiry, `batch:TOKEN`: list of the batch's members for the
+//! reaper, `bcount`: hash token → members still held, `bseq`: token counter; `inflight`, a zset
+//! of `id|attempt` by expiry, holds leases written before batch leases), `dead` (zset
 //! by death time), `recent` (capped list of dead and cancelled ids), `done` (list of
 //! `expiry..id` of succeeded jobs, forgotten by `complete.lua` and `reap.lua` in bounded steps),
 //! `uniq:KEY`, `stats` and `cfg` (hashes).
@@ -221,36 +224,43 @@ impl RedisEngine {
             return Ok(Vec::new());
         }
         let base = self.base(queue);
-        let (jobs, fin) = (format!("{base}jobs"), format!("{base}fin"));
+        let (jobs, fin, held) = (
+            format!("{base}jobs"),
+            format!("{base}fin"),
+            format!("{base}held"),
+        );
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HGETALL").arg(format!("{base}job:{id}"));
             pipe.cmd("HGET").arg(&jobs).arg(id);
             pipe.cmd("HGET").arg(&fin).arg(id);
+            // A compact job runs its first attempt while "id|1" is held (see compact.lua).
+            pipe.cmd("HGET").arg(&held).arg(format!("{id}|1"));
         }
         let mut conn = self.conn();
         let values: Vec<redis::Value> = self
             .redis
             .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
             .await?;
-        if values.len() != ids.len() * 3 {
+        if values.len() != ids.len() * 4 {
             return Err(EngineError::Corrupt("short job read reply".into()));
         }
         let mut out = Vec::with_capacity(ids.len());
         let mut values = values.into_iter();
         for id in ids {
-            let (Some(map), Some(record), Some(fin)) =
-                (values.next(), values.next(), values.next())
+            let (Some(map), Some(record), Some(fin), Some(token)) =
+                (values.next(), values.next(), values.next(), values.next())
             else {
                 break;
             };
             let map: HashMap<String, String> = from_value(map)?;
             let record: Option<String> = from_value(record)?;
             let fin: Option<String> = from_value(fin)?;
+            let token: Option<String> = from_value(token)?;
             let mut job = if !map.is_empty() {
                 decode_job(id, queue, &map)?
             } else if let Some(record) = record {
-                decode_compact(id, queue, &record)?
+                decode_compact(id, queue, &record, token.as_deref())?
             } else {
                 continue;
             };
@@ -475,11 +485,18 @@ fn decode_fetched(queue: &str, worker: &str, started: i64, element: &str) -> Eng
     })
 }
 
-/// A compact job's record in its queue's `jobs` hash (see `compact.lua`): queued
-/// `*id|created|priority|max_attempts|spec`, or running
-/// `r<started>|<worker length>|<worker>` followed by the queued record.
-fn decode_compact(id: &str, queue: &str, record: &str) -> EngineResult<Job> {
+/// A compact job's record in its queue's `jobs` hash (see `compact.lua`):
+/// `*id|created|priority|max_attempts|spec`, running when `token` (the batch token
+/// `seq|started|worker` holding its member `id|1`) is given; records written before batch
+/// leases may read `r<started>|<worker length>|<worker>` followed by that while running.
+fn decode_compact(id: &str, queue: &str, record: &str, token: Option<&str>) -> EngineResult<Job> {
     let corrupt = || EngineError::Corrupt(format!("job {id}: record"));
+    let held = token.and_then(|t| {
+        let mut parts = t.splitn(3, '|');
+        let _seq = parts.next()?;
+        let started = parts.next()?;
+        Some((num(started), parts.next()?.to_string()))
+    });
     let (state, started_at, worker, queued) = match record.strip_prefix('r') {
         Some(rest) => {
             let (started, rest) = rest.split_once('|').ok_or_else(corrupt)?;
@@ -494,7 +511,10 @@ fn decode_compact(id: &str, queue: &str, record: &str) -> EngineResult<Job> {
                 queued,
             )
         }
-        None => (JobState::Queued, None, None, record),
+        None => match held {
+            Some((started, worker)) => (JobState::Running, Some(started), Some(worker), record),
+            None => (JobState::Queued, None, None, record),
+        },
     };
     let mut fields = queued.strip_prefix('*').ok_or_else(corrupt)?.splitn(5, '|');
     let mut next = || fields.next().unwrap_or("");
@@ -528,10 +548,27 @@ fn decode_compact(id: &str, queue: &str, record: &str) -> EngineResult<Job> {
 /// A success recorded in the `fin` hash (`finished` or `finished|result`) wins over the state
 /// the job's record still shows.
 fn apply_fin(job: &mut Job, fin: &str) {
-    let (finished, result) = match fin.split_once('|') {
+    let (finished, mut result) = match fin.split_once('|') {
         Some((f, r)) => (f, Some(r)),
         None => (fin, None),
     };
+    // "@started|#worker|worker" (then "|result"): when and where a compact job ran.
+    if let Some(run) = result.and_then(|r| r.strip_prefix('@')) {
+        let ran = run.split_once('|').and_then(|(started, rest)| {
+            let (len, rest) = rest.split_once('|')?;
+            let len: usize = len.parse().ok()?;
+            let worker = rest.get(..len)?;
+            Some((num(started), worker, rest.get(len..)?))
+        });
+        if let Some((started, worker, rest)) = ran {
+            if job.started_at.is_none() {
+                job.started_at = Some(started);
+                job.worker = Some(worker.to_string());
+            }
+            job.attempts = job.attempts.max(1);
+            result = rest.strip_prefix('|');
+        }
+    }
     job.state = JobState::Succeeded;
     job.finished_at = Some(num(finished));
     job.result = result
@@ -782,12 +819,39 @@ impl Engine for RedisEngine {
             let mut ids: Vec<String> = Vec::new();
             for s in &states {
                 let part = match s {
-                    JobState::Running => self
-                        .range("ZRANGE", format!("{base}inflight"), limit)
-                        .await?
-                        .iter()
-                        .map(|member| element_id(member).to_string())
-                        .collect(),
+                    JobState::Running => {
+                        // Members "id|attempt" held per batch (one HSCAN step), then leases
+                        // written before batch leases.
+                        let mut conn = self.conn();
+                        let key = format!("{base}held");
+                        let (_, fields): (String, Vec<String>) = self
+                            .redis
+                            .with_timeout(async {
+                                Ok(redis::cmd("HSCAN")
+                                    .arg(key)
+                                    .arg(0)
+                                    .arg("COUNT")
+                                    .arg(limit)
+                                    .query_async(&mut conn)
+                                    .await?)
+                            })
+                            .await?;
+                        // (The field '' is the hash's sentinel, see fetch.lua.)
+                        let mut members: Vec<String> = fields
+                            .into_iter()
+                            .step_by(2)
+                            .filter(|f| !f.is_empty())
+                            .take(limit)
+                            .collect();
+                        members.extend(
+                            self.range("ZRANGE", format!("{base}inflight"), limit)
+                                .await?,
+                        );
+                        members
+                            .iter()
+                            .map(|member| element_id(member).to_string())
+                            .collect()
+                    }
                     JobState::Queued => {
                         let prios = self.range("ZRANGE", format!("{base}prios"), 16).await?;
                         let mut part = Vec::new();
@@ -1182,7 +1246,7 @@ mod tests {
     #[test]
     fn compact_records_decode_in_every_state() {
         let queued = format!("*{ID}|1700000000000|5|3|{SPEC}");
-        let job = decode_compact(ID, "q", &queued).unwrap();
+        let job = decode_compact(ID, "q", &queued, None).unwrap();
         assert_eq!(
             (job.state, job.attempts, job.priority),
             (JobState::Queued, 0, 5)
@@ -1192,7 +1256,12 @@ mod tests {
         assert_eq!(job.payload["a"], "x|y");
         // A worker id may hold '|': its length is recorded before it.
         let running = format!("r1700000000500|5|w|1|2{queued}");
-        let mut job = decode_compact(ID, "q", &running).unwrap();
+        let job = decode_compact(ID, "q", &running, None).unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+        assert_eq!(job.worker.as_deref(), Some("w|1|2"));
+        assert_eq!(job.started_at, Some(1_700_000_000_500));
+        // Running while held by a batch: the token is "seq|started|worker".
+        let mut job = decode_compact(ID, "q", &queued, Some("42|1700000000500|w|1|2")).unwrap();
         assert_eq!((job.state, job.attempts), (JobState::Running, 1));
         assert_eq!(job.worker.as_deref(), Some("w|1|2"));
         assert_eq!(job.started_at, Some(1_700_000_000_500));
@@ -1200,8 +1269,18 @@ mod tests {
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.finished_at, Some(1_700_000_000_900));
         assert_eq!(job.result, Some(serde_json::json!({"ok": 1})));
-        assert!(decode_compact(ID, "q", "r12|99|short").is_err());
-        assert!(decode_compact(ID, "q", "garbage").is_err());
+        // A compact job that succeeded: its record is queued again, `fin` says where it ran.
+        let mut job = decode_compact(ID, "q", &queued, None).unwrap();
+        apply_fin(&mut job, r#"1700000000900|@1700000000500|5|w|1|2|{"ok":2}"#);
+        assert_eq!((job.state, job.attempts), (JobState::Succeeded, 1));
+        assert_eq!(job.worker.as_deref(), Some("w|1|2"));
+        assert_eq!(job.started_at, Some(1_700_000_000_500));
+        assert_eq!(job.result, Some(serde_json::json!({"ok": 2})));
+        let mut job = decode_compact(ID, "q", &queued, None).unwrap();
+        apply_fin(&mut job, "1700000000900|@1700000000500|1|w");
+        assert_eq!((job.attempts, job.result.clone()), (1, None));
+        assert!(decode_compact(ID, "q", "r12|99|short", None).is_err());
+        assert!(decode_compact(ID, "q", "garbage", None).is_err());
     }
 
     #[test]

@@ -249,6 +249,116 @@ async fn heartbeats_renew_leases(e: Arc<dyn Engine>) {
     assert_eq!(e.complete("h", &[ok(&job)]).await.unwrap(), 1);
 }
 
+async fn running_in(e: &Arc<dyn Engine>, queue: &str) -> u64 {
+    e.queues()
+        .await
+        .unwrap()
+        .iter()
+        .find(|s| s.name == queue)
+        .map_or(0, |s| s.running)
+}
+
+/// A worker dies holding a fetch batch of which it acked a part: the reaper re-queues exactly
+/// the unacked jobs, in bounded steps, and the lost worker's late acks are ignored.
+async fn partly_acked_expired_batch_is_reaped(e: Arc<dyn Engine>) {
+    e.enqueue((0..5).map(|_| spec("pb")).collect())
+        .await
+        .unwrap();
+    let batch = e
+        .fetch("pb", "w1", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 5);
+    assert_eq!(
+        e.complete("pb", &[ok(&batch[0]), ok(&batch[3])])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(running_in(&e, "pb").await, 3);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Small steps: a call may see acked members only; the whole batch is found in the end.
+    let mut reaped = 0;
+    for _ in 0..10 {
+        reaped += e.reap("pb", 2).await.unwrap();
+    }
+    assert_eq!(reaped, 3, "every unacked job of the expired batch");
+    assert_eq!(running_in(&e, "pb").await, 0);
+    for (i, job) in batch.iter().enumerate() {
+        let state = e.get(&job.id).await.unwrap().unwrap().state;
+        let expected = if i == 0 || i == 3 {
+            JobState::Succeeded
+        } else {
+            JobState::Queued
+        };
+        assert_eq!(state, expected, "job {i}");
+    }
+    let done = e.get(&batch[0].id).await.unwrap().unwrap();
+    assert_eq!((done.attempts, done.worker.as_deref()), (1, Some("w1")));
+    assert_eq!(done.started_at, batch[0].started_at);
+    let unacked = [&batch[1], &batch[2], &batch[4]];
+    let late: Vec<Completion> = unacked.iter().map(|j| ok(j)).collect();
+    assert_eq!(e.complete("pb", &late).await.unwrap(), 0, "late acks");
+    let leases: Vec<Lease> = unacked.iter().map(|j| lease(j)).collect();
+    let mut lost = e.heartbeat("pb", &leases, LEASE).await.unwrap();
+    lost.sort();
+    let mut expected: Vec<String> = unacked.iter().map(|j| j.id.clone()).collect();
+    expected.sort();
+    assert_eq!(lost, expected, "the lost worker learns it lost them");
+    let again = e.fetch("pb", "w2", 10, LEASE).await.unwrap();
+    let mut again_ids: Vec<String> = again.iter().map(|j| j.id.clone()).collect();
+    again_ids.sort();
+    assert_eq!(again_ids, expected);
+    assert!(again.iter().all(|j| j.attempts == 2));
+    let acks: Vec<Completion> = again.iter().map(ok).collect();
+    assert_eq!(e.complete("pb", &acks).await.unwrap(), 3);
+    assert_eq!(e.reap("pb", 100).await.unwrap(), 0);
+    let stats = e.queues().await.unwrap();
+    let stats = stats.iter().find(|s| s.name == "pb").unwrap();
+    assert_eq!((stats.succeeded_total, stats.running), (5, 0));
+}
+
+/// Heartbeats renew every lease of a fetch batch still held and report the ones lost.
+async fn heartbeat_renews_a_batch(e: Arc<dyn Engine>) {
+    e.enqueue((0..4).map(|_| spec("hb")).collect())
+        .await
+        .unwrap();
+    let batch = e
+        .fetch("hb", "w", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 4);
+    assert_eq!(e.complete("hb", &[ok(&batch[0])]).await.unwrap(), 1);
+    assert_eq!(
+        e.cancel(&batch[1].id).await.unwrap(),
+        Some(JobState::Cancelled)
+    );
+    let leases: Vec<Lease> = batch[1..].iter().map(lease).collect();
+    let lost = e
+        .heartbeat("hb", &leases, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(lost, vec![batch[1].id.clone()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        e.reap("hb", 100).await.unwrap(),
+        0,
+        "renewed past the first lease"
+    );
+    assert_eq!(running_in(&e, "hb").await, 2);
+    assert_eq!(
+        e.complete("hb", &[ok(&batch[2]), ok(&batch[3])])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(running_in(&e, "hb").await, 0);
+    assert_eq!(
+        e.get(&batch[1].id).await.unwrap().unwrap().state,
+        JobState::Cancelled
+    );
+}
+
 async fn cancel_queued_running_and_finished(e: Arc<dyn Engine>) {
     let ids = e
         .enqueue(vec![spec("c"), spec("c"), spec("c")])
@@ -573,6 +683,8 @@ conformance!(
     retries_then_dead_then_replay,
     expired_leases_are_reaped,
     heartbeats_renew_leases,
+    partly_acked_expired_batch_is_reaped,
+    heartbeat_renews_a_batch,
     cancel_queued_running_and_finished,
     cancel_then_replay_of_a_queued_job_runs_it_once,
     unique_keys,
@@ -584,3 +696,63 @@ conformance!(
     workers_and_schedules,
     invalid_input_is_refused,
 );
+
+/// Redis only: a batch's keys are gone once every member is acked, cancelled, handed back or
+/// reaped (no lease bookkeeping left behind).
+#[tokio::test]
+async fn redis_batch_keys_are_forgotten() {
+    use keel_redis::redis;
+    let fixture = redis(EngineConfig::default()).await;
+    let e = fixture.engine.clone();
+    let url = fixture._server.as_ref().unwrap().url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let base = "keel:{q:bk}:";
+    let leftovers = || {
+        let mut conn = conn.clone();
+        async move {
+            // (Less the hash's sentinel field '', see fetch.lua.)
+            let held: Vec<String> = redis::cmd("HKEYS")
+                .arg(format!("{base}held"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let held = held.iter().filter(|f| !f.is_empty()).count();
+            let leases: u64 = redis::cmd("ZCARD")
+                .arg(format!("{base}leases"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let counts: u64 = redis::cmd("HLEN")
+                .arg(format!("{base}bcount"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let lists: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{base}batch:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (held, leases, counts, lists.len())
+        }
+    };
+    e.enqueue((0..6).map(|_| spec("bk")).collect())
+        .await
+        .unwrap();
+    let first = e.fetch("bk", "w", 3, LEASE).await.unwrap();
+    let second = e
+        .fetch("bk", "w", 3, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(leftovers().await, (6, 2, 2, 2));
+    // First batch: acked, cancelled, handed back.
+    assert_eq!(e.complete("bk", &[ok(&first[0])]).await.unwrap(), 1);
+    e.cancel(&first[1].id).await.unwrap();
+    assert_eq!(e.release("bk", &[lease(&first[2])]).await.unwrap(), 1);
+    // Second batch: one acked, the rest reaped.
+    assert_eq!(e.complete("bk", &[ok(&second[0])]).await.unwrap(), 1);
+    assert_eq!(leftovers().await, (2, 1, 1, 1));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(e.reap("bk", 100).await.unwrap(), 2);
+    assert_eq!(leftovers().await, (0, 0, 0, 0));
+}
