@@ -386,7 +386,7 @@ async fn keel_limiter(
         timeout: Duration::from_secs(2),
         batching: if batching {
             // The library's defaults; `KEEL_BENCH_IN_FLIGHT` / `KEEL_BENCH_MAX_BATCH` /
-            // `KEEL_BENCH_PIPELINE=0` override them to try other bounds.
+            // `KEEL_BENCH_PIPELINE=1` override them to try other bounds.
             let mut b = keel_limit::BatcherOptions::default();
             if let Some(v) = std::env::var("KEEL_BENCH_IN_FLIGHT")
                 .ok()
@@ -401,7 +401,7 @@ async fn keel_limiter(
                 b.max_batch = v;
             }
             if let Ok(v) = std::env::var("KEEL_BENCH_PIPELINE") {
-                b.pipeline = v != "0";
+                b.pipeline = v == "1";
             }
             Some(b)
         } else {
