@@ -202,30 +202,68 @@ fn wanted(name: &str) -> bool {
 }
 
 /// Runs a Redis scenario and adds `redis_cpu_us_per_op`: the CPU time Redis reported (`INFO
-/// cpu`, user + system) over the scenario, per operation.
+/// cpu`, user + system) over the scenario, per operation; `redis_busy`, that CPU time over the
+/// scenario's wall time (1.0 = one core saturated); `client_cpu_us_per_op`, this process's CPU
+/// per operation; and `ops_per_redis_call`, operations per top-level `EVALSHA` /
+/// `CL.THROTTLE` (`INFO commandstats`): the batch size of the batched scenarios.
 async fn with_redis_cpu<F>(info: &RedisHandle, scenario: F) -> Result<Scenario, BenchError>
 where
     F: std::future::Future<Output = Result<Scenario, BenchError>>,
 {
     let before = redis_cpu_seconds(info).await;
+    let calls_before = redis_calls(info).await;
     let client_before = own_cpu_seconds();
     let scenario = scenario.await?;
     let client_after = own_cpu_seconds();
+    let calls_after = redis_calls(info).await;
     let after = redis_cpu_seconds(info).await;
-    let scenario = match (client_before, client_after) {
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let mut scenario = match (client_before, client_after) {
         (Some(before), Some(after)) if scenario.ops > 0 => {
             let per_op = (after - before) * 1e6 / scenario.ops as f64;
-            scenario.with("client_cpu_us_per_op", (per_op * 100.0).round() / 100.0)
+            scenario.with("client_cpu_us_per_op", round(per_op))
         }
         _ => scenario,
     };
+    if let (Some(before), Some(after)) = (calls_before, calls_after) {
+        if after > before && scenario.ops > 0 {
+            let per_call = scenario.ops as f64 / (after - before) as f64;
+            scenario = scenario.with("ops_per_redis_call", round(per_call));
+        }
+    }
     Ok(match (before, after) {
         (Some(before), Some(after)) if scenario.ops > 0 => {
             let per_op = (after - before) * 1e6 / scenario.ops as f64;
-            scenario.with("redis_cpu_us_per_op", (per_op * 100.0).round() / 100.0)
+            let wall = scenario.ops as f64 / scenario.ops_per_sec.max(1e-9);
+            scenario
+                .with("redis_cpu_us_per_op", round(per_op))
+                .with("redis_busy", round((after - before) / wall.max(1e-9)))
         }
         _ => scenario,
     })
+}
+
+/// Top-level `EVALSHA` and `CL.THROTTLE` calls so far (`INFO commandstats`; commands a script
+/// runs are counted under their own names).
+async fn redis_calls(redis: &RedisHandle) -> Option<u64> {
+    let mut conn = redis.connection();
+    let text: String = keel_redis::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let calls = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(":calls=")?
+                    .split(',')
+                    .next()
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some(calls("cmdstat_evalsha") + calls("cmdstat_cl.throttle"))
 }
 
 /// This process's CPU time so far (user + system, from `/proc/self/stat`; Linux only).
@@ -347,8 +385,8 @@ async fn keel_limiter(
     let limiter_options = LimiterOptions {
         timeout: Duration::from_secs(2),
         batching: if batching {
-            // The library's defaults; `KEEL_BENCH_IN_FLIGHT` / `KEEL_BENCH_MAX_BATCH` override
-            // them to try other bounds.
+            // The library's defaults; `KEEL_BENCH_IN_FLIGHT` / `KEEL_BENCH_MAX_BATCH` /
+            // `KEEL_BENCH_PIPELINE=1` override them to try other bounds.
             let mut b = keel_limit::BatcherOptions::default();
             if let Some(v) = std::env::var("KEEL_BENCH_IN_FLIGHT")
                 .ok()
@@ -361,6 +399,9 @@ async fn keel_limiter(
                 .and_then(|v| v.parse().ok())
             {
                 b.max_batch = v;
+            }
+            if let Ok(v) = std::env::var("KEEL_BENCH_PIPELINE") {
+                b.pipeline = v == "1";
             }
             Some(b)
         } else {

@@ -6,6 +6,14 @@
 //! filling, and leaves when that call returns or when it is full: so under load batches grow
 //! by themselves (each call's fixed cost is shared by more decisions), and only full batches
 //! add calls in flight, up to `max_in_flight`.
+//!
+//! With `pipeline` (off by default: not shown to help yet, see docs/bench/limit.md), a batch
+//! also leaves while exactly one call is in flight once it holds as many requests as the call
+//! that returned last: under a steady load (callers that ask again as soon as they are
+//! answered) the next call then waits in Redis's input while the current one runs, instead of
+//! leaving only after its reply came back, so Redis is not idle for the client's turnaround.
+//! When the callers do not come back that fast, the batch waits for the call in flight as
+//! before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +32,8 @@ pub struct BatcherOptions {
     pub max_in_flight: usize,
     /// Requests waiting in the queue before callers wait for room.
     pub queue: usize,
+    /// Let a batch as large as the last returned call leave while one call is in flight.
+    pub pipeline: bool,
 }
 
 impl Default for BatcherOptions {
@@ -32,6 +42,7 @@ impl Default for BatcherOptions {
             max_batch: 256,
             max_in_flight: 4,
             queue: 16_384,
+            pipeline: false,
         }
     }
 }
@@ -62,6 +73,8 @@ async fn run(
     let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let returned = Arc::new(Notify::new());
+    // Requests of the call that returned last (pipelining's target batch size).
+    let last_returned = Arc::new(AtomicUsize::new(usize::MAX));
     loop {
         let Some(first) = receiver.recv().await else {
             return;
@@ -79,7 +92,14 @@ async fn run(
                     Err(_) => break,
                 }
             }
-            if !open || checks >= options.max_batch || in_flight.load(Ordering::Acquire) == 0 {
+            let flying = in_flight.load(Ordering::Acquire);
+            if !open
+                || checks >= options.max_batch
+                || flying == 0
+                || (options.pipeline
+                    && flying == 1
+                    && batch.len() >= last_returned.load(Ordering::Relaxed))
+            {
                 break;
             }
             // A call is in flight and this batch is not full: it waits for that call to return
@@ -100,10 +120,16 @@ async fn run(
         };
         metrics::histogram!("keel_limit_batch_size").record(batch.len() as f64);
         in_flight.fetch_add(1, Ordering::AcqRel);
-        let (inner, in_flight, returned) = (inner.clone(), in_flight.clone(), returned.clone());
+        let (inner, in_flight, returned, last_returned) = (
+            inner.clone(),
+            in_flight.clone(),
+            returned.clone(),
+            last_returned.clone(),
+        );
         tokio::spawn(async move {
             let (requests, replies): (Vec<CheckRequest>, Vec<Reply>) = batch.into_iter().unzip();
             let result = inner.check_batch(requests).await;
+            last_returned.store(replies.len(), Ordering::Relaxed);
             in_flight.fetch_sub(1, Ordering::AcqRel);
             returned.notify_one();
             drop(permit);

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use keel_redis::{cluster_slot, LuaScript, RedisError, RedisHandle};
 
 use crate::algorithm::{Algorithm, Decision, LimitSpec};
-use crate::engine::{CheckRequest, LimitEngine, LimitError, Outcome};
+use crate::engine::{Check, CheckRequest, LimitEngine, LimitError, Outcome};
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 const DRIVER: &str = include_str!("../lua/check.lua");
@@ -169,18 +169,52 @@ impl RedisEngine {
     }
 }
 
-/// `check.lua`'s arguments: the keys, then `ARGV` = the distinct specs once (`count, then
-/// algorithm, limit, period_us, burst` each) and per check its spec's 1-based index (negative
-/// when more checks of the same request follow) and its cost (`-(cost + 1)` when the same key is
-/// checked again later in the call, so the script keeps that commit in Lua and writes the key
-/// once). Also returns each check's spec.
+/// `check.lua`'s arguments: the keys, then `ARGV`. Also returns each check's spec.
+///
+/// When every request is one check and all share one spec and one cost (a limiter's common
+/// case), the uniform form: `0, algorithm, limit, period_us, burst, cost`, then the 1-based
+/// positions of the checks whose key is checked again later in the call (the script keeps that
+/// commit in Lua and writes the key once). No per-check arguments, so Redis parses and Lua reads
+/// one string per check (its key) instead of three.
+///
+/// Otherwise the general form: the distinct specs once (`count, then algorithm, limit,
+/// period_us, burst` each) and per check its spec's 1-based index (negative when more checks of
+/// the same request follow) and its cost (`-(cost + 1)` when the same key is checked again later
+/// in the call).
 pub fn encode_args(
     requests: &[CheckRequest],
     total: usize,
 ) -> (Vec<&str>, Vec<i64>, Vec<LimitSpec>) {
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    // Below i64::MAX, so that -(cost + 1) fits.
+    let cost_arg = |cost: u64| {
+        i64::try_from(cost)
+            .unwrap_or(i64::MAX - 1)
+            .min(i64::MAX - 1)
+    };
     let mut keys: Vec<&str> = Vec::with_capacity(total);
-    let mut distinct: Vec<LimitSpec> = Vec::new();
     let mut per_check: Vec<LimitSpec> = Vec::with_capacity(total);
+    if let Some(first) = uniform_check(requests) {
+        for request in requests {
+            keys.push(&request.checks[0].key);
+            per_check.push(first.spec);
+        }
+        let mut args: Vec<i64> = Vec::with_capacity(6 + 8);
+        args.extend([
+            0,
+            i64::from(first.spec.algorithm.code()),
+            int(first.spec.limit),
+            int(first.spec.period_us),
+            int(first.spec.burst),
+            cost_arg(first.cost),
+        ]);
+        for_each_repeated_key(&keys, |i| {
+            args.push(i64::try_from(i + 1).unwrap_or(i64::MAX))
+        });
+        args[6..].reverse();
+        return (keys, args, per_check);
+    }
+    let mut distinct: Vec<LimitSpec> = Vec::new();
     let mut checks: Vec<i64> = Vec::with_capacity(total * 2);
     for request in requests {
         let last = request.checks.len().saturating_sub(1);
@@ -196,18 +230,15 @@ pub fn encode_args(
             };
             let index = i64::try_from(index).unwrap_or(i64::MAX);
             checks.push(if i < last { -index } else { index });
-            // Below i64::MAX, so that -(cost + 1) fits.
-            checks.push(
-                i64::try_from(check.cost)
-                    .unwrap_or(i64::MAX - 1)
-                    .min(i64::MAX - 1),
-            );
+            checks.push(cost_arg(check.cost));
         }
     }
-    mark_repeated_keys(&keys, &mut checks);
+    for_each_repeated_key(&keys, |i| {
+        let cost = &mut checks[2 * i + 1];
+        *cost = -(*cost + 1);
+    });
     let mut args: Vec<i64> = Vec::with_capacity(1 + distinct.len() * 4 + checks.len());
     args.push(i64::try_from(distinct.len()).unwrap_or(i64::MAX));
-    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for spec in &distinct {
         args.extend([
             i64::from(spec.algorithm.code()),
@@ -220,9 +251,21 @@ pub fn encode_args(
     (keys, args, per_check)
 }
 
-/// Turns the cost of every check whose key is checked again later in the call into
-/// `-(cost + 1)`. `checks` holds (spec index, cost) per key.
-fn mark_repeated_keys(keys: &[&str], checks: &mut [i64]) {
+/// The check every request carries, when each request is one check and all share one spec and
+/// one cost.
+fn uniform_check(requests: &[CheckRequest]) -> Option<&Check> {
+    let first = requests.first()?.checks.first()?;
+    requests
+        .iter()
+        .all(|r| {
+            r.checks.len() == 1 && r.checks[0].spec == first.spec && r.checks[0].cost == first.cost
+        })
+        .then_some(first)
+}
+
+/// Calls `mark(i)` for every position `i` whose key appears again later in `keys` (visited from
+/// the end, so positions come in descending order).
+fn for_each_repeated_key(keys: &[&str], mut mark: impl FnMut(usize)) {
     if keys.len() < 2 {
         return;
     }
@@ -231,8 +274,7 @@ fn mark_repeated_keys(keys: &[&str], checks: &mut [i64]) {
     for (i, key) in keys.iter().enumerate().rev() {
         let hash = hasher.hash_one(key);
         if seen.find(hash, |k| k == key).is_some() {
-            let cost = &mut checks[2 * i + 1];
-            *cost = -(*cost + 1);
+            mark(i);
         } else {
             seen.insert_unique(hash, key, |k| hasher.hash_one(k));
         }
@@ -240,23 +282,25 @@ fn mark_repeated_keys(keys: &[&str], checks: &mut [i64]) {
 }
 
 fn parse_reply(reply: &[i64], specs: &[LimitSpec]) -> Result<ScriptReply, LimitError> {
-    if reply.len() != 1 + specs.len() * 4 {
+    if reply.len() != 1 + specs.len() * 3 {
         return Err(LimitError::Redis(RedisError::UnexpectedReply(format!(
             "expected {} integers, got {}",
-            1 + specs.len() * 4,
+            1 + specs.len() * 3,
             reply.len()
         ))));
     }
     let to_u64 = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+    // Per check: remaining, reset_after_us, retry_after_us; a check admits exactly when its
+    // retry_after is 0 (a denial always has a wait, or -1 for never).
     let decisions = reply[1..]
-        .chunks_exact(4)
+        .chunks_exact(3)
         .zip(specs)
         .map(|(c, spec)| Decision {
-            allowed: c[0] == 1,
+            allowed: c[2] == 0,
             limit: spec.capacity(),
-            remaining: to_u64(c[1]),
-            reset_after_us: to_u64(c[2]),
-            retry_after_us: to_u64(c[3]),
+            remaining: to_u64(c[0]),
+            reset_after_us: to_u64(c[1]),
+            retry_after_us: to_u64(c[2]),
         })
         .collect();
     Ok(ScriptReply {
@@ -424,12 +468,46 @@ mod tests {
     fn malformed_replies_are_errors() {
         let spec = LimitSpec::new(Algorithm::Gcra, 10, 1_000_000, None).expect("spec");
         assert!(parse_reply(&[1, 2, 3], &[spec]).is_err());
-        let ok = parse_reply(&[7, 1, 9, 100, 0], &[spec]).expect("reply");
+        assert!(parse_reply(&[7, 1, 9, 100, 0], &[spec]).is_err());
+        let ok = parse_reply(&[7, 9, 100, 0], &[spec]).expect("reply");
         assert_eq!(ok.now_us, 7);
         assert!(ok.decisions[0].allowed);
         assert_eq!(ok.decisions[0].limit, 10);
-        let denied = parse_reply(&[7, 0, 0, 100, -1], &[spec]).expect("reply");
+        assert_eq!(ok.decisions[0].remaining, 9);
+        assert_eq!(ok.decisions[0].reset_after_us, 100);
+        let denied = parse_reply(&[7, 0, 100, -1], &[spec]).expect("reply");
+        assert!(!denied.decisions[0].allowed);
         assert_eq!(denied.decisions[0].retry_after_us, u64::MAX);
+        let wait = parse_reply(&[7, 0, 100, 40], &[spec]).expect("reply");
+        assert!(!wait.decisions[0].allowed);
+        assert_eq!(wait.decisions[0].retry_after_us, 40);
+    }
+
+    #[test]
+    fn single_checks_of_one_spec_and_cost_use_the_uniform_form() {
+        let a = LimitSpec::new(Algorithm::Gcra, 10, 1_000_000, Some(4)).expect("spec");
+        let single = |key: &str| {
+            CheckRequest::single(Check {
+                key: key.into(),
+                spec: a,
+                cost: 2,
+            })
+        };
+        let requests = vec![
+            single("hot"),
+            single("cold"),
+            single("hot"),
+            single("other"),
+            single("hot"),
+            single("cold"),
+        ];
+        let (keys, args, specs) = encode_args(&requests, 6);
+        assert_eq!(keys, ["hot", "cold", "hot", "other", "hot", "cold"]);
+        assert_eq!(specs, [a; 6]);
+        // 0 = uniform, the spec, the cost, then the positions whose key comes again, ascending.
+        assert_eq!(args, [0, 1, 10, 1_000_000, 4, 2, 1, 2, 3]);
+        let (_, args, _) = encode_args(&requests[1..2], 1);
+        assert_eq!(args, [0, 1, 10, 1_000_000, 4, 2]);
     }
 
     #[test]

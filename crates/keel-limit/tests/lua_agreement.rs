@@ -39,9 +39,10 @@ proptest! {
         specs in prop::collection::vec(spec(), 1..3),
         steps in steps(),
         copies in prop_oneof![Just(1usize), 1usize..5],
+        vary in any::<bool>(),
     ) {
         let server = SERVER.with(|s| s.url());
-        RUNTIME.with(|rt| rt.block_on(check_agreement(&server, &specs, &steps, copies)))?;
+        RUNTIME.with(|rt| rt.block_on(check_agreement(&server, &specs, &steps, copies, vary)))?;
     }
 }
 
@@ -53,13 +54,16 @@ thread_local! {
         .expect("runtime");
 }
 
-/// Each step sends `copies` identical requests in one script call (as the batcher does when
-/// callers hit the same keys at once); the Rust side replays them one after the other.
+/// Each step sends `copies` requests for the same keys in one script call (as the batcher does
+/// when callers hit the same keys at once), with the step's cost, or with `vary` that cost plus
+/// 0, 1, 0, 1... per copy (so single-check calls take the script's general form, not only its
+/// uniform one); the Rust side replays them one after the other.
 async fn check_agreement(
     url: &str,
     specs: &[LimitSpec],
     steps: &[(u64, u64)],
     copies: usize,
+    vary: bool,
 ) -> Result<(), TestCaseError> {
     let redis = RedisHandle::connect(&RedisSettings::new(url))
         .await
@@ -74,21 +78,24 @@ async fn check_agreement(
         if pause_us > 0 {
             tokio::time::sleep(Duration::from_micros(pause_us)).await;
         }
-        let request = CheckRequest {
-            checks: specs
-                .iter()
-                .zip(&keys)
-                .map(|(spec, key)| Check {
-                    key: key.clone(),
-                    spec: *spec,
-                    cost,
-                })
-                .collect(),
-        };
-        let batch = vec![request; copies];
+        let cost_of = |copy: usize| cost + if vary { (copy % 2) as u64 } else { 0 };
+        let batch: Vec<CheckRequest> = (0..copies)
+            .map(|copy| CheckRequest {
+                checks: specs
+                    .iter()
+                    .zip(&keys)
+                    .map(|(spec, key)| Check {
+                        key: key.clone(),
+                        spec: *spec,
+                        cost: cost_of(copy),
+                    })
+                    .collect(),
+            })
+            .collect();
         let reply = engine.call_script(&batch).await.expect("script call");
         prop_assert_eq!(reply.decisions.len(), specs.len() * copies);
         for (copy, lua_decisions) in reply.decisions.chunks(specs.len()).enumerate() {
+            let cost = cost_of(copy);
             let evaluations: Vec<_> = specs
                 .iter()
                 .zip(&states)
