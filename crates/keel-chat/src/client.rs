@@ -175,7 +175,8 @@ impl Batch {
 }
 
 impl ClientHandle {
-    /// A handle whose lines always go through the queue (TLS, WebSocket, tests).
+    /// A handle whose lines always go through the queue.
+    #[cfg(test)]
     pub(crate) fn new(id: ClientId, sendq_max: usize) -> Self {
         Self::with_socket(id, sendq_max, None)
     }

@@ -576,7 +576,12 @@ mod tests {
             Shutdown::new(),
         ));
         loop {
-            if let Some(h) = shared.hub.all().into_iter().find(|h| !known.contains(&h.id)) {
+            if let Some(h) = shared
+                .hub
+                .all()
+                .into_iter()
+                .find(|h| !known.contains(&h.id))
+            {
                 return (client, h);
             }
             tokio::task::yield_now().await;
@@ -587,8 +592,7 @@ mod tests {
         // Lengths vary, so writes end at every possible place inside a line.
         let pad = "z".repeat(i % 397);
         Arc::new(
-            Message::new("PRIVMSG", vec!["#x".into(), format!("{i} {pad}")])
-                .with_source("s!u@h".into()),
+            Message::new("PRIVMSG", vec!["#x".into(), format!("{i} {pad}")]).with_source("s!u@h"),
         )
     }
 
@@ -617,7 +621,11 @@ mod tests {
     /// connection's own replies (PONG) in between: every line arrives whole and in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn direct_writes_keep_lines_whole_and_in_order() {
-        let shared = Arc::new(Shared::new(test_config(1 << 20), MemoryEngine::default(), 1));
+        let shared = Arc::new(Shared::new(
+            test_config(1 << 20),
+            MemoryEngine::default(),
+            1,
+        ));
         let (client, handle) = tcp_client(&shared, Some(4096)).await;
         let (r, mut w) = client.into_split();
         const N: usize = 20_000;
