@@ -247,10 +247,15 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shutdown: Shutdown,
 ) {
     let _gauge = Gauge::open();
+    let socket = if direct_writes() {
+        transport.socket()
+    } else {
+        None
+    };
     let handle = Arc::new(ClientHandle::with_socket(
         shared.next_id(),
         shared.config.limits.sendq,
-        transport.socket(),
+        socket,
     ));
     shared.hub.insert(handle.clone());
     shared.unregistered.fetch_add(1, Ordering::Relaxed);
@@ -401,6 +406,13 @@ pub async fn run<E: ChatEngine, T: Transport>(
         })
         .await;
     }
+}
+
+/// Direct writes on delivery (see [`ClientHandle`]) unless `KEEL_CHAT_DIRECT_WRITES=0`: a
+/// switch to compare both delivery paths with one binary.
+fn direct_writes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KEEL_CHAT_DIRECT_WRITES").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Writes the connection's own lines (replies, PING): first what waits in the send queue,
@@ -692,10 +704,12 @@ mod tests {
         for i in 0..N {
             let msg = numbered(i);
             sink_h.send(msg.clone());
-            reader_h.send(msg);
-            if i % 16 == 0 {
+            // The reader reads, so its queue drains: keep it well inside the bound (with
+            // the queued path every line waits there for a moment).
+            while reader_h.queued_len() > 32 {
                 tokio::task::yield_now().await;
             }
+            reader_h.send(msg);
         }
         let _lines = reading.await.expect("the reader got every line");
         assert_eq!(sink_h.kill_reason().as_deref(), Some("SendQ exceeded"));
