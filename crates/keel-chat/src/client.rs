@@ -1,12 +1,14 @@
 //! What other tasks hold of a connection: its send queue, its kill switch, its capabilities.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use keel_irc_proto::Message;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Envelope;
@@ -121,21 +123,76 @@ impl Outgoing {
 }
 
 /// The shared half of a connection.
+///
+/// Delivery: a line for a connection whose send queue is empty is written to its socket at
+/// once by the delivering task, with one non-blocking write (plain TCP only), so a channel
+/// message costs no task wake-up per recipient. Only when the socket would block (or takes
+/// part of the line) does the line wait in the queue for the connection's own task, which
+/// then owns the socket's write side until the queue is empty again. The queue's lock also
+/// guards the socket's write side, so lines never interleave or overtake each other.
 #[derive(Debug)]
 pub struct ClientHandle {
     pub id: ClientId,
-    tx: mpsc::Sender<Arc<Outgoing>>,
+    sendq: Mutex<SendQ>,
+    /// Wakes the connection task when lines wait in the queue.
+    wake: Notify,
+    /// The socket, for direct writes (plain TCP); `None` for TLS and WebSocket, whose lines
+    /// always go through the queue.
+    direct: Option<Arc<TcpStream>>,
+    /// Lines the queue holds at most; past that the client is dropped ("SendQ exceeded").
+    sendq_max: usize,
     kill: CancellationToken,
     reason: Mutex<Option<String>>,
     caps: AtomicU32,
     registered: AtomicBool,
 }
 
+/// A connection's send queue.
+#[derive(Debug, Default)]
+struct SendQ {
+    lines: VecDeque<Arc<Outgoing>>,
+    /// The unwritten end of a line a direct write wrote only in part: it goes first.
+    tail: Vec<u8>,
+    /// The connection task owns the socket's write side (it is writing, or lines wait):
+    /// deliveries queue instead of writing.
+    busy: bool,
+    /// The connection is ending: deliveries are dropped.
+    closed: bool,
+}
+
+/// What the connection task takes from its queue to write.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// The end of a partly written line, to write before `lines`.
+    pub tail: Vec<u8>,
+    pub lines: Vec<Arc<str>>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.tail.is_empty() && self.lines.is_empty()
+    }
+}
+
 impl ClientHandle {
-    pub(crate) fn new(id: ClientId, tx: mpsc::Sender<Arc<Outgoing>>) -> Self {
+    /// A handle whose lines always go through the queue.
+    #[cfg(test)]
+    pub(crate) fn new(id: ClientId, sendq_max: usize) -> Self {
+        Self::with_socket(id, sendq_max, None)
+    }
+
+    /// A handle that writes directly to `socket` while its queue is empty.
+    pub(crate) fn with_socket(
+        id: ClientId,
+        sendq_max: usize,
+        socket: Option<Arc<TcpStream>>,
+    ) -> Self {
         Self {
             id,
-            tx,
+            sendq: Mutex::new(SendQ::default()),
+            wake: Notify::new(),
+            direct: socket,
+            sendq_max: sendq_max.max(1),
             kill: CancellationToken::new(),
             reason: Mutex::new(None),
             caps: AtomicU32::new(0),
@@ -143,23 +200,118 @@ impl ClientHandle {
         }
     }
 
-    /// Queues a message; a full queue drops the client with "SendQ exceeded".
+    /// Sends a message; a full queue drops the client with "SendQ exceeded".
     pub fn send(&self, msg: Arc<Message>) {
         self.send_out(Outgoing::new(msg));
     }
 
-    /// Queues a message rendered once for many recipients.
+    /// Sends a message rendered once for many recipients: written to the socket at once
+    /// when nothing waits before it, else queued for the connection task.
     pub fn send_out(&self, out: Arc<Outgoing>) {
-        match self.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kill.is_cancelled() {
-                    metrics::counter!("keel_chat_sendq_drops_total").increment(1);
-                    self.kill("SendQ exceeded");
+        let mut q = self.sendq.lock();
+        if q.closed {
+            return;
+        }
+        if let (false, Some(socket)) = (q.busy, &self.direct) {
+            if self.kill.is_cancelled() {
+                return;
+            }
+            let line = out.line(self.caps());
+            let total = line.len() + 2;
+            let bufs = [IoSlice::new(line.as_bytes()), IoSlice::new(b"\r\n")];
+            match socket.try_write_vectored(&bufs) {
+                Ok(n) if n >= total => return,
+                Ok(n) => {
+                    // Part of the line went out: the rest goes first, by the task.
+                    let mut whole = Vec::with_capacity(total);
+                    whole.extend_from_slice(line.as_bytes());
+                    whole.extend_from_slice(b"\r\n");
+                    q.tail = whole.split_off(n);
+                    q.busy = true;
+                    drop(q);
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    q.busy = true;
+                    q.lines.push_back(out);
+                    drop(q);
+                    self.wake.notify_one();
+                    return;
+                }
+                Err(_) => {
+                    q.closed = true;
+                    drop(q);
+                    self.kill("Write error");
+                    return;
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+        if q.lines.len() >= self.sendq_max {
+            q.closed = true;
+            drop(q);
+            if !self.kill.is_cancelled() {
+                metrics::counter!("keel_chat_sendq_drops_total").increment(1);
+                self.kill("SendQ exceeded");
+            }
+            return;
+        }
+        let first = q.lines.is_empty();
+        q.lines.push_back(out);
+        drop(q);
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits until lines may be waiting in the queue (cancel-safe).
+    pub(crate) async fn queued(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The connection task takes the socket's write side: from now on deliveries queue.
+    pub(crate) fn claim(&self) {
+        self.sendq.lock().busy = true;
+    }
+
+    /// Moves what waits (a line's tail, then up to `max` lines rendered for `caps`) into
+    /// `batch`. With nothing waiting and `release`, the write side goes back to direct
+    /// deliveries. Returns false when nothing waited.
+    pub(crate) fn take(&self, batch: &mut Batch, max: usize, release: bool) -> bool {
+        let caps = self.caps();
+        let mut q = self.sendq.lock();
+        std::mem::swap(&mut batch.tail, &mut q.tail);
+        while batch.lines.len() < max {
+            match q.lines.pop_front() {
+                Some(o) => batch.lines.push(o.line(caps)),
+                None => break,
+            }
+        }
+        if q.lines.is_empty() && q.lines.capacity() > 16 {
+            q.lines = VecDeque::new();
+        }
+        if batch.is_empty() {
+            if release {
+                q.busy = false;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The connection is ending: no more deliveries. Returns the tail of a partly written
+    /// line, which must precede any last words.
+    pub(crate) fn close(&self) -> Vec<u8> {
+        let mut q = self.sendq.lock();
+        q.closed = true;
+        q.busy = true;
+        q.lines = VecDeque::new();
+        std::mem::take(&mut q.tail)
+    }
+
+    /// Lines waiting in the queue.
+    pub fn queued_len(&self) -> usize {
+        self.sendq.lock().lines.len()
     }
 
     /// Disconnects the client with `reason` (the first reason given wins).
@@ -336,10 +488,8 @@ impl Hub {
         msg: &Arc<Message>,
         variant: Option<(u32, &Arc<Message>)>,
     ) {
-        let out = Outgoing::new(msg.clone());
-        let alt = variant.map(|(cap, m)| (cap, Outgoing::new(m.clone())));
-        let n = self.deliver_local_channel(channel, skip, need, &out, alt.as_ref());
-        metrics::counter!("keel_chat_messages_out_total").increment(n as u64);
+        // The other nodes first: local deliveries write to sockets, which takes a while
+        // for a large channel, and the other nodes can deliver meanwhile.
         if let Some((node, _)) = self.outbox.get() {
             let env = Envelope::Channel {
                 origin: *node,
@@ -351,6 +501,10 @@ impl Hub {
             };
             self.relay(Dest::All, env);
         }
+        let out = Outgoing::new(msg.clone());
+        let alt = variant.map(|(cap, m)| (cap, Outgoing::new(m.clone())));
+        let n = self.deliver_local_channel(channel, skip, need, &out, alt.as_ref());
+        metrics::counter!("keel_chat_messages_out_total").increment(n as u64);
     }
 
     /// Delivers to the local members of `channel`; returns how many were sent it.
@@ -362,18 +516,21 @@ impl Hub {
         out: &Arc<Outgoing>,
         variant: Option<&(u32, Arc<Outgoing>)>,
     ) -> usize {
-        let index = self.index.read();
-        let map = self.clients.read();
-        let mut n = 0;
-        for id in index.members(channel) {
-            if id == skip {
-                continue;
-            }
-            if let Some(h) = map.get(&id) {
-                n += usize::from(deliver_to(h, need, out, variant));
-            }
-        }
-        n
+        // The recipients first, then the writes: a delivery writes to sockets, and the
+        // index and the client map should not stay locked for thousands of writes.
+        let recipients: Vec<Arc<ClientHandle>> = {
+            let index = self.index.read();
+            let map = self.clients.read();
+            index
+                .members(channel)
+                .filter(|id| *id != skip)
+                .filter_map(|id| map.get(&id).cloned())
+                .collect()
+        };
+        recipients
+            .iter()
+            .map(|h| usize::from(deliver_to(h, need, out, variant)))
+            .sum()
     }
 
     /// Sends `msg` to each of `ids` (except `skip`) that negotiated `need`, here or on its
@@ -620,18 +777,14 @@ mod tests {
         assert_eq!(&*out.line(0), ":a!b@c PRIVMSG #x hi");
     }
 
-    fn handle(id: ClientId) -> (Arc<ClientHandle>, mpsc::Receiver<Arc<Outgoing>>) {
-        let (tx, rx) = mpsc::channel(16);
-        let h = Arc::new(ClientHandle::new(id, tx));
-        (h, rx)
+    fn handle(id: ClientId) -> Arc<ClientHandle> {
+        Arc::new(ClientHandle::new(id, 16))
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Arc<Outgoing>>) -> Vec<String> {
-        let mut v = Vec::new();
-        while let Ok(o) = rx.try_recv() {
-            v.push(o.line(0).to_string());
-        }
-        v
+    fn drain(h: &ClientHandle) -> Vec<String> {
+        let mut batch = Batch::default();
+        h.take(&mut batch, usize::MAX, true);
+        batch.lines.iter().map(|l| l.to_string()).collect()
     }
 
     /// Channel deliveries reach exactly the local members in the index, minus the sender;
@@ -639,9 +792,9 @@ mod tests {
     #[test]
     fn channel_delivery_follows_the_index() {
         let hub = Hub::default();
-        let (a, mut ra) = handle(1);
-        let (b, mut rb) = handle(2);
-        let (c, mut rc) = handle(3);
+        let a = handle(1);
+        let b = handle(2);
+        let c = handle(3);
         for h in [&a, &b, &c] {
             hub.insert(h.clone());
         }
@@ -650,9 +803,9 @@ mod tests {
         hub.index_join("#y", 3);
         let msg = Arc::new(Message::parse(b":a!b@c PRIVMSG #x :hi").expect("parse"));
         hub.deliver_channel("#x", 1, &msg, 0);
-        assert!(drain(&mut ra).is_empty(), "the sender is skipped");
-        assert_eq!(drain(&mut rb), vec![":a!b@c PRIVMSG #x hi".to_owned()]);
-        assert!(drain(&mut rc).is_empty(), "not a member");
+        assert!(drain(&a).is_empty(), "the sender is skipped");
+        assert_eq!(drain(&b), vec![":a!b@c PRIVMSG #x hi".to_owned()]);
+        assert!(drain(&c).is_empty(), "not a member");
         hub.receive(Envelope::Channel {
             origin: 9,
             channel: "#x".into(),
@@ -661,26 +814,26 @@ mod tests {
             msg: msg.clone(),
             variant: None,
         });
-        assert_eq!(drain(&mut ra).len(), 1);
-        assert_eq!(drain(&mut rb).len(), 1);
+        assert_eq!(drain(&a).len(), 1);
+        assert_eq!(drain(&b).len(), 1);
         hub.receive(Envelope::Part {
             id: 2,
             channel: "#x".into(),
         });
         hub.index_leave("#x", 1);
         hub.deliver_channel("#x", 0, &msg, 0);
-        assert!(drain(&mut ra).is_empty() && drain(&mut rb).is_empty());
+        assert!(drain(&a).is_empty() && drain(&b).is_empty());
         // A member that opted out of membership changes gets messages but not JOINs.
         hub.index_join("#y", 2);
         b.set_caps(cap::NO_MEMBERSHIP);
         let join = Arc::new(Message::parse(b":n!u@h JOIN #y").expect("parse"));
         hub.deliver_channel_variant("#y", 0, Want::MEMBERSHIP, &join, cap::EXTENDED_JOIN, &join);
-        assert_eq!(drain(&mut rc).len(), 1);
-        assert!(drain(&mut rb).is_empty(), "opted out of JOINs");
+        assert_eq!(drain(&c).len(), 1);
+        assert!(drain(&b).is_empty(), "opted out of JOINs");
         hub.deliver_channel("#y", 0, &msg, 0);
-        assert_eq!(drain(&mut rb).len(), 1, "still gets messages");
+        assert_eq!(drain(&b).len(), 1, "still gets messages");
         hub.index_leave("#y", 2);
-        let _ = drain(&mut rc);
+        let _ = drain(&c);
         hub.remove(3);
         assert!(
             hub.index_channels_of(3).is_empty(),
@@ -697,17 +850,17 @@ mod tests {
         let hub = Hub::default();
         let (tx, mut rx) = mpsc::channel(16);
         hub.set_outbox(1, tx);
-        let (a, mut ra) = handle(crate::engine::client_id(1, 1));
+        let a = handle(crate::engine::client_id(1, 1));
         hub.insert(a.clone());
         hub.index_join("#x", a.id);
         let msg = Arc::new(Message::parse(b":s!u@h PRIVMSG #x :hi").expect("parse"));
         hub.deliver_channel("#x", 0, &msg, 0);
-        assert_eq!(drain(&mut ra).len(), 1);
+        assert_eq!(drain(&a).len(), 1);
         let (dest, env) = rx.try_recv().expect("one envelope");
         assert_eq!(dest, Dest::All);
         assert!(rx.try_recv().is_err(), "one envelope for all nodes");
         hub.receive(env);
-        assert!(drain(&mut ra).is_empty(), "own envelope ignored");
+        assert!(drain(&a).is_empty(), "own envelope ignored");
         let remote = crate::engine::client_id(2, 5);
         hub.index_leave("#x", remote);
         let (dest, env) = rx.try_recv().expect("part envelope");

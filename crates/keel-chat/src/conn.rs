@@ -13,10 +13,10 @@ use bytes::BytesMut;
 use keel_core::Shutdown;
 use keel_irc_proto::{FrameError, LineFramer, Message, ParseError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
-use crate::client::{cap, ClientHandle, Outgoing};
+use crate::client::{cap, Batch, ClientHandle};
 use crate::engine::ChatEngine;
 use crate::session::Session;
 use crate::shared::Shared;
@@ -43,6 +43,17 @@ pub trait Transport: Send + 'static {
     /// Writes lines (without CR LF). A line is shared: a channel message is rendered once
     /// per tag class and the same bytes go to every recipient of that class.
     fn write(&mut self, lines: &[Arc<str>]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes raw bytes: the end of a line that a direct delivery wrote only in part (only
+    /// transports that offer [`Transport::socket`] ever get one).
+    fn write_raw(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        let _ = bytes;
+        async { Err(io::Error::from(io::ErrorKind::Unsupported)) }
+    }
+    /// The plain TCP socket, when deliveries may write to it directly (see
+    /// [`ClientHandle`]); `None` keeps every delivery on the queue.
+    fn socket(&self) -> Option<Arc<TcpStream>> {
+        None
+    }
     /// A transport-level keepalive (WebSocket ping); nothing for TCP.
     fn ping(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
@@ -110,6 +121,90 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for StreamTra
     }
 }
 
+/// IRC over plain TCP. The socket is shared with the connection's [`ClientHandle`], whose
+/// deliveries write to it directly while nothing waits in the send queue; the connection
+/// task writes only while it holds the write side ([`ClientHandle::claim`]).
+pub struct TcpTransport {
+    stream: Arc<TcpStream>,
+    buf: BytesMut,
+    framer: LineFramer,
+    out: Vec<u8>,
+}
+
+impl TcpTransport {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream: Arc::new(stream),
+            buf: BytesMut::new(),
+            framer: LineFramer::default(),
+            out: Vec::new(),
+        }
+    }
+
+    async fn write_bytes(&self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match self.stream.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stream.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Transport for TcpTransport {
+    async fn read(&mut self) -> io::Result<Inbound> {
+        loop {
+            match self.framer.next_line(&mut self.buf) {
+                Some(Ok(line)) => return Ok(Inbound::Line(line)),
+                Some(Err(FrameError::LineTooLong)) => return Ok(Inbound::TooLong),
+                None => {}
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(Inbound::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stream.readable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write(&mut self, lines: &[Arc<str>]) -> io::Result<()> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        for l in lines {
+            out.extend_from_slice(l.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let r = self.write_bytes(&out).await;
+        // Idle connections keep no write buffer beyond a small one.
+        if out.capacity() <= 1024 {
+            self.out = out;
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
+        r
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_bytes(bytes).await
+    }
+
+    fn socket(&self) -> Option<Arc<TcpStream>> {
+        Some(self.stream.clone())
+    }
+
+    async fn close(&mut self) {
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Renders a message for a client with `caps`: tags it did not ask for are left out.
 pub fn render(caps: u32, msg: &Message) -> String {
     let keep = |k: &str| -> bool {
@@ -152,8 +247,16 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shutdown: Shutdown,
 ) {
     let _gauge = Gauge::open();
-    let (tx, mut rx) = mpsc::channel::<Arc<Outgoing>>(shared.config.limits.sendq.max(1));
-    let handle = Arc::new(ClientHandle::new(shared.next_id(), tx));
+    let socket = if direct_writes() {
+        transport.socket()
+    } else {
+        None
+    };
+    let handle = Arc::new(ClientHandle::with_socket(
+        shared.next_id(),
+        shared.config.limits.sendq,
+        socket,
+    ));
     shared.hub.insert(handle.clone());
     shared.unregistered.fetch_add(1, Ordering::Relaxed);
     let kill = handle.kill_token();
@@ -163,6 +266,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut lines: Vec<Arc<str>> = Vec::new();
+    let mut batch = Batch::default();
     // One timer for the connection's deadline (registration, PING, ping timeout), moved only
     // when the deadline moves: a delivery does not arm a new timer.
     let mut armed = started + cfg.registration_timeout;
@@ -199,7 +303,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
                     session.out = Vec::new();
                 }
                 tokio::select! {
-                    r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
+                    r = write_own(&mut transport, &handle, &mut batch, &lines) => if r.is_err() { break 'conn "Write error".into() },
                     _ = kill.cancelled() => continue 'conn,
                 }
                 release(&mut lines);
@@ -240,7 +344,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
                 ping_sent = Some(Instant::now());
                 let ping = Message::new("PING", vec![cfg.server_name.clone()]);
                 let write = async {
-                    transport.write(&[Arc::from(ping.to_string())]).await?;
+                    write_own(&mut transport, &handle, &mut batch, &[Arc::from(ping.to_string())]).await?;
                     transport.ping().await
                 };
                 tokio::select! {
@@ -264,7 +368,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
                             .with_source(cfg.server_name.clone());
                         let line = [Arc::from(m.to_string())];
                         tokio::select! {
-                            r = transport.write(&line) => if r.is_err() { break "Write error".into() },
+                            r = write_own(&mut transport, &handle, &mut batch, &line) => if r.is_err() { break "Write error".into() },
                             _ = kill.cancelled() => continue,
                         }
                     }
@@ -277,37 +381,73 @@ pub async fn run<E: ChatEngine, T: Transport>(
                     }
                 }
             }
-            Some(first) = rx.recv() => {
-                let caps = handle.caps();
-                lines.clear();
-                lines.push(first.line(caps));
-                while lines.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => lines.push(m.line(caps)),
-                        Err(_) => break,
-                    }
-                }
+            () = handle.queued() => {
                 tokio::select! {
-                    r = transport.write(&lines) => if r.is_err() { break 'conn "Write error".into() },
+                    r = flush(&mut transport, &handle, &mut batch, true) => if r.is_err() { break 'conn "Write error".into() },
                     _ = kill.cancelled() => continue,
                 }
-                release(&mut lines);
             }
         }
     };
 
     tracing::debug!(id = handle.id, %peer, %reason, "connection closing");
+    // No more deliveries; the end of a line a delivery wrote in part goes before the ERROR.
+    let tail = handle.close();
     Box::pin(session.depart(&reason)).await;
     shared.hub.remove(handle.id);
     if reason != "SendQ exceeded" && reason != "Write error" {
         let text = format!("Closing Link: {} ({reason})", peer.ip());
         let error: Arc<str> = Arc::from(Message::new("ERROR", vec![text]).to_string());
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-            let _ = transport.write(&[error]).await;
+            if tail.is_empty() || transport.write_raw(&tail).await.is_ok() {
+                let _ = transport.write(&[error]).await;
+            }
             transport.close().await;
         })
         .await;
     }
+}
+
+/// Direct writes on delivery (see [`ClientHandle`]) unless `KEEL_CHAT_DIRECT_WRITES=0`: a
+/// switch to compare both delivery paths with one binary.
+fn direct_writes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KEEL_CHAT_DIRECT_WRITES").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Writes the connection's own lines (replies, PING): first what waits in the send queue,
+/// then `lines`, then what queued meanwhile; then deliveries may write directly again.
+async fn write_own<T: Transport>(
+    transport: &mut T,
+    handle: &ClientHandle,
+    batch: &mut Batch,
+    lines: &[Arc<str>],
+) -> io::Result<()> {
+    handle.claim();
+    flush(transport, handle, batch, false).await?;
+    transport.write(lines).await?;
+    flush(transport, handle, batch, true).await
+}
+
+/// Writes what waits in the send queue until it is empty; with `hand_back`, the write side
+/// then goes back to direct deliveries.
+async fn flush<T: Transport>(
+    transport: &mut T,
+    handle: &ClientHandle,
+    batch: &mut Batch,
+    hand_back: bool,
+) -> io::Result<()> {
+    while handle.take(batch, WRITE_BATCH, hand_back) {
+        if !batch.tail.is_empty() {
+            transport.write_raw(&batch.tail).await?;
+            batch.tail = Vec::new();
+        }
+        if !batch.lines.is_empty() {
+            transport.write(&batch.lines).await?;
+        }
+        release(&mut batch.lines);
+    }
+    Ok(())
 }
 
 /// Drops written lines; an idle connection keeps no output around.
@@ -374,7 +514,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::engine::MemoryEngine;
+    use crate::engine::{ClientId, MemoryEngine};
 
     /// With paused time the heartbeat is exact: PING after `ping_interval` of silence, drop
     /// after `ping_timeout` more, never earlier.
@@ -416,6 +556,169 @@ mod tests {
         task.await.expect("task");
         assert!(shared.hub.is_empty(), "presence removed");
         assert!(shared.engine.find_nick("ghost").await.is_none());
+    }
+
+    /// A plain TCP connection served by `run`, its client end and its handle. With
+    /// `rcvbuf`, the client's receive buffer and the server's send buffer are small, so
+    /// direct deliveries soon meet partial writes and WouldBlock.
+    async fn tcp_client(
+        shared: &Arc<Shared<MemoryEngine>>,
+        rcvbuf: Option<u32>,
+    ) -> (tokio::net::TcpStream, Arc<ClientHandle>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(n) = rcvbuf {
+            socket.set_recv_buffer_size(n).expect("rcvbuf");
+        }
+        let addr = listener.local_addr().expect("addr");
+        let client = socket.connect(addr).await.expect("connect");
+        let (server, peer) = listener.accept().await.expect("accept");
+        if rcvbuf.is_some() {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(4096)
+                .expect("sndbuf");
+        }
+        let known: Vec<ClientId> = shared.hub.all().iter().map(|h| h.id).collect();
+        tokio::spawn(run(
+            shared.clone(),
+            TcpTransport::new(server),
+            peer,
+            Shutdown::new(),
+        ));
+        loop {
+            if let Some(h) = shared
+                .hub
+                .all()
+                .into_iter()
+                .find(|h| !known.contains(&h.id))
+            {
+                return (client, h);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn numbered(i: usize) -> Arc<Message> {
+        // Lengths vary, so writes end at every possible place inside a line.
+        let pad = "z".repeat(i % 397);
+        Arc::new(
+            Message::new("PRIVMSG", vec!["#x".into(), format!("{i} {pad}")]).with_source("s!u@h"),
+        )
+    }
+
+    /// The number of a line from [`numbered`], after checking the line is whole.
+    fn number_of(line: &str) -> usize {
+        let body = line
+            .strip_prefix(":s!u@h PRIVMSG #x :")
+            .unwrap_or_else(|| panic!("not a delivery: {line:?}"));
+        let (n, pad) = body.split_once(' ').expect("number and padding");
+        let n: usize = n.parse().expect("number");
+        assert_eq!(pad.len(), n % 397, "line {n} cut or joined: {line:?}");
+        n
+    }
+
+    fn test_config(sendq: usize) -> crate::Config {
+        let mut config = crate::Config {
+            registration_timeout: Duration::from_secs(600),
+            ..crate::Config::default()
+        };
+        config.limits.sendq = sendq;
+        config.limits.commands_per_sec = 0.0;
+        config
+    }
+
+    /// Deliveries written directly, partly written, queued on WouldBlock, and the
+    /// connection's own replies (PONG) in between: every line arrives whole and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn direct_writes_keep_lines_whole_and_in_order() {
+        let shared = Arc::new(Shared::new(
+            test_config(1 << 20),
+            MemoryEngine::default(),
+            1,
+        ));
+        let (client, handle) = tcp_client(&shared, Some(4096)).await;
+        let (r, mut w) = client.into_split();
+        const N: usize = 20_000;
+        const PINGS: usize = 200;
+        let deliverer = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                for i in 0..N {
+                    handle.send(numbered(i));
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        });
+        let pinger = tokio::spawn(async move {
+            for k in 0..PINGS {
+                w.write_all(format!("PING p{k}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+                tokio::task::yield_now().await;
+            }
+            w
+        });
+        let mut lines = BufReader::new(r).lines();
+        let (mut next, mut pongs) = (0, 0);
+        while next < N || pongs < PINGS {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("lines keep coming")
+                .expect("read")
+                .expect("a line");
+            if line.contains(" PONG ") {
+                assert!(line.ends_with(&format!(" p{pongs}")), "{line:?}");
+                pongs += 1;
+            } else {
+                assert_eq!(number_of(&line), next);
+                next += 1;
+            }
+        }
+        deliverer.await.expect("deliverer");
+        let _w = pinger.await.expect("pinger");
+        assert_eq!(handle.kill_reason(), None);
+        assert_eq!(handle.queued_len(), 0);
+    }
+
+    /// A client that never reads fills its socket, then its send queue, and is dropped
+    /// with "SendQ exceeded"; a reading client of the same deliveries gets every line in
+    /// order and stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_is_dropped_and_others_are_not() {
+        let shared = Arc::new(Shared::new(test_config(64), MemoryEngine::default(), 1));
+        let (sink, sink_h) = tcp_client(&shared, Some(4096)).await;
+        let (reader, reader_h) = tcp_client(&shared, None).await;
+        const N: usize = 5_000;
+        let reading = tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            for i in 0..N {
+                let line = lines.next_line().await.expect("read").expect("a line");
+                assert_eq!(number_of(&line), i);
+            }
+            lines
+        });
+        for i in 0..N {
+            let msg = numbered(i);
+            sink_h.send(msg.clone());
+            // The reader reads, so its queue drains: keep it well inside the bound (with
+            // the queued path every line waits there for a moment).
+            while reader_h.queued_len() > 32 {
+                tokio::task::yield_now().await;
+            }
+            reader_h.send(msg);
+        }
+        let _lines = reading.await.expect("the reader got every line");
+        assert_eq!(sink_h.kill_reason().as_deref(), Some("SendQ exceeded"));
+        while shared.hub.get(sink_h.id).is_some() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reader_h.kill_reason(), None);
+        assert!(shared.hub.get(reader_h.id).is_some(), "the reader stays");
+        drop(sink);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cluster;
 use crate::config::Config;
-use crate::conn::{self, StreamTransport};
+use crate::conn::{self, StreamTransport, TcpTransport};
 use crate::engine::ChatEngine;
 use crate::shared::Shared;
 use crate::ws::{WsTransport, PROTOCOLS};
@@ -306,7 +306,7 @@ async fn serve_tcp<E: ChatEngine>(
     peer: SocketAddr,
     shutdown: Shutdown,
 ) {
-    conn::run(shared, StreamTransport::new(stream), peer, shutdown).await
+    conn::run(shared, TcpTransport::new(stream), peer, shutdown).await
 }
 
 struct HttpState<E> {
