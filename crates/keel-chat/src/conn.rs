@@ -247,7 +247,7 @@ pub async fn run<E: ChatEngine, T: Transport>(
     shutdown: Shutdown,
 ) {
     let _gauge = Gauge::open();
-    let socket = if direct_writes() {
+    let socket = if shared.config.direct_writes {
         transport.socket()
     } else {
         None
@@ -406,13 +406,6 @@ pub async fn run<E: ChatEngine, T: Transport>(
         })
         .await;
     }
-}
-
-/// Direct writes on delivery (see [`ClientHandle`]) unless `KEEL_CHAT_DIRECT_WRITES=0`: a
-/// switch to compare both delivery paths with one binary.
-fn direct_writes() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KEEL_CHAT_DIRECT_WRITES").map_or(true, |v| v.trim() != "0"))
 }
 
 /// Writes the connection's own lines (replies, PING): first what waits in the send queue,
@@ -622,6 +615,8 @@ mod tests {
     fn test_config(sendq: usize) -> crate::Config {
         let mut config = crate::Config {
             registration_timeout: Duration::from_secs(600),
+            // These tests are about the direct path; every other test runs the queued one.
+            direct_writes: true,
             ..crate::Config::default()
         };
         config.limits.sendq = sendq;

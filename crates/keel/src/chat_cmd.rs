@@ -58,6 +58,10 @@ pub struct ChatServeArgs {
     /// `listen_backlog`; the kernel caps it at net.core.somaxconn].
     #[arg(long, env = "KEEL_LISTEN_BACKLOG")]
     pub listen_backlog: Option<u32>,
+    /// Deliver with a direct non-blocking write while a plain-TCP client's send queue is
+    /// empty (no task wake-up per recipient). Off by default: slower in our fan-out bench.
+    #[arg(long, env = "KEEL_CHAT_DIRECT_WRITES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub direct_writes: bool,
     /// How long a node's clients outlive its last heartbeat (Redis engine): a node that dies
     /// takes its users with it within this time [default: 30s].
     #[arg(long, env = "KEEL_PRESENCE_TTL", value_parser = keel_core::parse_duration)]
@@ -99,6 +103,9 @@ pub fn build_config(args: &ChatServeArgs) -> anyhow::Result<Config> {
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert.clone();
         config.tls_key = args.tls_key.clone();
+    }
+    if args.direct_writes {
+        config.direct_writes = true;
     }
     Ok(config)
 }
