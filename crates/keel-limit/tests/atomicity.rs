@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel_limit::{Algorithm, FailurePolicy, Limit, LimitSpec, Limiter, LimiterOptions, Source};
+use keel_limit::{
+    Algorithm, BatcherOptions, FailurePolicy, Limit, LimitSpec, Limiter, LimiterOptions, Source,
+};
 use keel_redis::{RedisHandle, RedisSettings};
 use keel_testkit::RedisServer;
 
@@ -29,12 +31,13 @@ struct Tally {
     fallback: AtomicU64,
 }
 
-async fn hammer(url: &str, algorithm: Algorithm) -> (u64, u64, u64, f64) {
+async fn hammer(url: &str, algorithm: Algorithm, batching: BatcherOptions) -> (u64, u64, u64, f64) {
     let spec = LimitSpec::new(algorithm, LIMIT, 1_000_000, Some(BURST)).expect("spec");
     let limit = Arc::new(Limit::new("atomic", spec).with_policy(FailurePolicy::Deny));
     let tally = Arc::new(Tally::default());
     let options = LimiterOptions {
         timeout: Duration::from_secs(2),
+        batching: Some(batching),
         ..LimiterOptions::default()
     };
     let mut limiters = Vec::new();
@@ -84,40 +87,62 @@ async fn hammer(url: &str, algorithm: Algorithm) -> (u64, u64, u64, f64) {
 async fn eight_nodes_on_one_key_admit_exactly_what_the_algorithm_allows() {
     let server = RedisServer::start().expect("redis");
     for algorithm in Algorithm::ALL {
-        let (allowed, denied, fallback, elapsed) = hammer(&server.url(), algorithm).await;
-        let rate = LIMIT as f64 * elapsed;
-        let (most, fewest) = match algorithm {
-            // A bucket starts full: burst at once, then the rate.
-            Algorithm::Gcra | Algorithm::TokenBucket => {
-                (BURST as f64 + rate + 1.0, BURST as f64 + rate * 0.9)
-            }
-            // Windows aligned to the epoch: a partial window at each end.
-            Algorithm::FixedWindow | Algorithm::SlidingLog => (
-                LIMIT as f64 * (elapsed.ceil() + 1.0),
-                LIMIT as f64 * (elapsed.floor() - 1.0),
-            ),
-            // Never more than the limit inside one fixed window; the weighting admits less.
-            Algorithm::SlidingCounter => (LIMIT as f64 * (elapsed.ceil() + 1.0), rate * 0.5),
-        };
-        println!(
-            "{:>16}: admitted {allowed} (allowed range {fewest:.0}..={most:.0}), denied {denied}, fallback {fallback}, {elapsed:.2}s",
-            algorithm.name()
-        );
-        assert_eq!(
-            fallback, 0,
-            "{algorithm:?}: Redis never failed, no decision may fall back"
-        );
-        assert!(
-            denied > allowed,
-            "{algorithm:?}: the key must have been over its limit"
-        );
-        assert!(
-            (allowed as f64) <= most,
-            "{algorithm:?}: admitted {allowed} > {most}"
-        );
-        assert!(
-            (allowed as f64) >= fewest,
-            "{algorithm:?}: admitted {allowed} < {fewest}"
-        );
+        let tally = hammer(&server.url(), algorithm, BatcherOptions::default()).await;
+        assert_within_bounds(algorithm, "batched", tally);
     }
+}
+
+/// The same with the batcher's `pipeline` on (a batch may leave while a call is in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_admit_exactly_what_the_algorithm_allows() {
+    let server = RedisServer::start().expect("redis");
+    let pipelined = BatcherOptions {
+        pipeline: true,
+        ..BatcherOptions::default()
+    };
+    for algorithm in [Algorithm::Gcra, Algorithm::SlidingLog] {
+        let tally = hammer(&server.url(), algorithm, pipelined.clone()).await;
+        assert_within_bounds(algorithm, "pipelined", tally);
+    }
+}
+
+fn assert_within_bounds(
+    algorithm: Algorithm,
+    how: &str,
+    (allowed, denied, fallback, elapsed): (u64, u64, u64, f64),
+) {
+    let rate = LIMIT as f64 * elapsed;
+    let (most, fewest) = match algorithm {
+        // A bucket starts full: burst at once, then the rate.
+        Algorithm::Gcra | Algorithm::TokenBucket => {
+            (BURST as f64 + rate + 1.0, BURST as f64 + rate * 0.9)
+        }
+        // Windows aligned to the epoch: a partial window at each end.
+        Algorithm::FixedWindow | Algorithm::SlidingLog => (
+            LIMIT as f64 * (elapsed.ceil() + 1.0),
+            LIMIT as f64 * (elapsed.floor() - 1.0),
+        ),
+        // Never more than the limit inside one fixed window; the weighting admits less.
+        Algorithm::SlidingCounter => (LIMIT as f64 * (elapsed.ceil() + 1.0), rate * 0.5),
+    };
+    println!(
+        "{:>16} ({how}): admitted {allowed} (allowed range {fewest:.0}..={most:.0}), denied {denied}, fallback {fallback}, {elapsed:.2}s",
+        algorithm.name()
+    );
+    assert_eq!(
+        fallback, 0,
+        "{algorithm:?}: Redis never failed, no decision may fall back"
+    );
+    assert!(
+        denied > allowed,
+        "{algorithm:?}: the key must have been over its limit"
+    );
+    assert!(
+        (allowed as f64) <= most,
+        "{algorithm:?} ({how}): admitted {allowed} > {most}"
+    );
+    assert!(
+        (allowed as f64) >= fewest,
+        "{algorithm:?} ({how}): admitted {allowed} < {fewest}"
+    );
 }

@@ -150,3 +150,19 @@ async fn batched_redis_engine_conforms() {
     let batcher = Batcher::new(inner, BatcherOptions::default());
     suite(&batcher, "batched").await;
 }
+
+/// The same with `pipeline` on (a batch may leave while one call is in flight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batched_redis_engine_conforms() {
+    let server = RedisServer::start().expect("redis");
+    let redis = RedisHandle::connect(&RedisSettings::new(server.url()))
+        .await
+        .expect("connect");
+    let inner = Arc::new(RedisEngine::new(redis, RedisEngineOptions::default()));
+    let options = BatcherOptions {
+        pipeline: true,
+        ..BatcherOptions::default()
+    };
+    let batcher = Batcher::new(inner, options);
+    suite(&batcher, "pipelined").await;
+}
