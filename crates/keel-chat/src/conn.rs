@@ -23,6 +23,19 @@ use crate::shared::Shared;
 
 /// Bytes read from a socket at a time; the read buffer grows past this only for a long line.
 const READ_CHUNK: usize = 512;
+
+/// The next line already in `buf`, if any; otherwise makes room for the next read.
+fn buffered_line(framer: &mut LineFramer, buf: &mut BytesMut) -> Option<Inbound> {
+    match framer.next_line(buf) {
+        Some(Ok(line)) => return Some(Inbound::Line(line)),
+        Some(Err(FrameError::LineTooLong)) => return Some(Inbound::TooLong),
+        None => {}
+    }
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK);
+    }
+    None
+}
 /// Queued messages written in one go.
 const WRITE_BATCH: usize = 64;
 /// Time allowed for the last words (ERROR) to a departing client.
@@ -83,13 +96,8 @@ impl<S> StreamTransport<S> {
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for StreamTransport<S> {
     async fn read(&mut self) -> io::Result<Inbound> {
         loop {
-            match self.framer.next_line(&mut self.buf) {
-                Some(Ok(line)) => return Ok(Inbound::Line(line)),
-                Some(Err(FrameError::LineTooLong)) => return Ok(Inbound::TooLong),
-                None => {}
-            }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
+            if let Some(inbound) = buffered_line(&mut self.framer, &mut self.buf) {
+                return Ok(inbound);
             }
             let n = self.stream.read_buf(&mut self.buf).await?;
             if n == 0 {
@@ -157,13 +165,8 @@ impl TcpTransport {
 impl Transport for TcpTransport {
     async fn read(&mut self) -> io::Result<Inbound> {
         loop {
-            match self.framer.next_line(&mut self.buf) {
-                Some(Ok(line)) => return Ok(Inbound::Line(line)),
-                Some(Err(FrameError::LineTooLong)) => return Ok(Inbound::TooLong),
-                None => {}
-            }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-                self.buf.reserve(READ_CHUNK);
+            if let Some(inbound) = buffered_line(&mut self.framer, &mut self.buf) {
+                return Ok(inbound);
             }
             match self.stream.try_read_buf(&mut self.buf) {
                 Ok(0) => return Ok(Inbound::Closed),
