@@ -386,7 +386,7 @@ async fn keel_limiter(
         timeout: Duration::from_secs(2),
         batching: if batching {
             // The library's defaults; `KEEL_BENCH_IN_FLIGHT` / `KEEL_BENCH_MAX_BATCH` /
-            // `KEEL_BENCH_PIPELINE=1` override them to try other bounds.
+            // `KEEL_BENCH_PIPELINE=0` (or 1) override them to try other bounds.
             let mut b = keel_limit::BatcherOptions::default();
             if let Some(v) = std::env::var("KEEL_BENCH_IN_FLIGHT")
                 .ok()

@@ -41,15 +41,52 @@ impl Default for MemoryOptions {
     }
 }
 
+/// Longest key kept inline in its slot; a longer key goes to an allocation of its own.
+const INLINE_KEY: usize = 70;
+
+/// A key with its state, in one cache-line-aligned allocation that the table points to.
+///
+/// A lookup reads the table's 8-byte pointer and then this slot, whose key and state sit in two
+/// adjacent cache lines. A table of slots holding the state beside a boxed key reads three
+/// places per lookup (slot, key, and a table 8x larger, which at 10,000 keys no longer fits in
+/// L2): keyed `governor` reads about as many, and was faster than that layout at 10,000 keys.
+#[repr(align(64))]
 struct Slot {
-    key: Box<str>,
-    state: Option<State>,
     expires_at: i64,
+    state: Option<State>,
+    key: SlotKey,
+}
+
+/// A slot's key: inline up to [`INLINE_KEY`] bytes, else boxed.
+enum SlotKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl SlotKey {
+    fn new(key: &[u8]) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0u8; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(key.into()),
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Shard {
-    table: HashTable<Slot>,
+    table: HashTable<Box<Slot>>,
     ops_since_sweep: u32,
     last_sweep_us: i64,
 }
@@ -127,7 +164,7 @@ impl MemoryEngine {
         self.len() == 0
     }
 
-    fn hash(&self, key: &str) -> u64 {
+    fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
@@ -138,9 +175,12 @@ impl MemoryEngine {
     /// Decides one check: the fast path (one hash, one lock, state updated in place).
     pub fn check_one(&self, key: &str, spec: &LimitSpec, cost: u64) -> Decision {
         let now = self.clock.now_us();
-        let hash = self.hash(key);
+        let hash = self.hash(key.as_bytes());
         let mut shard = self.shards[self.shard_of(hash)].lock();
-        let decision = match shard.table.find_mut(hash, |s| &*s.key == key) {
+        let decision = match shard
+            .table
+            .find_mut(hash, |s| s.key.as_bytes() == key.as_bytes())
+        {
             Some(slot) => {
                 if slot.expires_at <= now {
                     slot.state = None;
@@ -176,7 +216,11 @@ impl MemoryEngine {
         let now = self.clock.now_us();
         // Several checks: lock every shard involved, in index order, so two requests never
         // deadlock and the group is evaluated and committed atomically.
-        let hashes: Vec<u64> = request.checks.iter().map(|c| self.hash(&c.key)).collect();
+        let hashes: Vec<u64> = request
+            .checks
+            .iter()
+            .map(|c| self.hash(c.key.as_bytes()))
+            .collect();
         let mut order: Vec<usize> = hashes.iter().map(|&h| self.shard_of(h)).collect();
         order.sort_unstable();
         order.dedup();
@@ -196,7 +240,7 @@ impl MemoryEngine {
                 let state = guards[p]
                     .1
                     .table
-                    .find(hash, |s| *s.key == *check.key)
+                    .find(hash, |s| s.key.as_bytes() == check.key.as_bytes())
                     .filter(|s| s.expires_at > now)
                     .and_then(|s| s.state.as_ref());
                 evaluate(&check.spec, state, now, check.cost)
@@ -217,7 +261,10 @@ impl MemoryEngine {
                 };
                 let shard = &mut guards[p].1;
                 let expires_at = now + evaluation.ttl_us;
-                match shard.table.find_mut(hash, |s| *s.key == *check.key) {
+                match shard
+                    .table
+                    .find_mut(hash, |s| s.key.as_bytes() == check.key.as_bytes())
+                {
                     Some(slot) => {
                         slot.state = Some(next);
                         slot.expires_at = expires_at;
@@ -264,23 +311,26 @@ impl Shard {
                     .table
                     .iter()
                     .min_by_key(|s| s.expires_at)
-                    .map(|s| s.key.clone());
+                    .map(|s| s.key.as_bytes().to_vec());
                 if let Some(victim) = victim {
                     let victim_hash = engine.hash(&victim);
-                    if let Ok(entry) = self.table.find_entry(victim_hash, |s| s.key == victim) {
+                    if let Ok(entry) = self
+                        .table
+                        .find_entry(victim_hash, |s| s.key.as_bytes() == victim.as_slice())
+                    {
                         entry.remove();
                         metrics::counter!("keel_limit_memory_evictions_total").increment(1);
                     }
                 }
             }
         }
-        let slot = Slot {
-            key: key.into(),
-            state,
+        let slot = Box::new(Slot {
             expires_at,
-        };
+            state,
+            key: SlotKey::new(key.as_bytes()),
+        });
         self.table
-            .insert_unique(hash, slot, |s| engine.hash(&s.key));
+            .insert_unique(hash, slot, |s| engine.hash(s.key.as_bytes()));
     }
 
     fn tick(&mut self, now: i64) {
@@ -337,6 +387,39 @@ mod tests {
             spec,
             cost: 1,
         })
+    }
+
+    #[test]
+    fn inline_and_spilled_keys_are_told_apart() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let engine = engine(1_000, clock);
+        let spec = LimitSpec::new(Algorithm::FixedWindow, 1, 1_000_000, None).expect("spec");
+        // Keys around the inline bound, each a prefix of the next: every one has its own state.
+        let keys: Vec<String> = [0, 1, 69, 70, 71, 72, 255, 256, 300, 1000]
+            .iter()
+            .map(|&n| "k".repeat(n))
+            .collect();
+        for key in &keys {
+            assert!(
+                engine.check_now(&check(key, spec)).allowed,
+                "first {}",
+                key.len()
+            );
+        }
+        for key in &keys {
+            assert!(
+                !engine.check_now(&check(key, spec)).allowed,
+                "second {}",
+                key.len()
+            );
+        }
+        assert_eq!(engine.len(), keys.len());
+        // Eviction finds spilled keys too.
+        let small = self::engine(2, Arc::new(ManualClock::new(1_000_000_000)));
+        for key in &keys[6..] {
+            small.check_now(&check(key, spec));
+        }
+        assert!(small.len() <= 2, "len {}", small.len());
     }
 
     #[test]
