@@ -96,7 +96,9 @@ pub struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
     mask: usize,
     per_shard_cap: usize,
-    hasher: foldhash::fast::FixedState,
+    /// Seeded at random per engine: keys come from clients (addresses, headers, paths), and a
+    /// known seed would let a client craft keys that collide into one long probe sequence.
+    hasher: foldhash::fast::RandomState,
     clock: EngineClock,
 }
 
@@ -149,7 +151,7 @@ impl MemoryEngine {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             mask: shards - 1,
             per_shard_cap: (options.max_keys / shards).max(1),
-            hasher: foldhash::fast::FixedState::with_seed(0x6b65656c),
+            hasher: foldhash::fast::RandomState::default(),
             clock,
         }
     }
