@@ -53,25 +53,42 @@ local function materialize(base, id, token)
   return j
 end
 
--- Forgets succeeded jobs whose retention ended: the `done` list holds "expiry(13 digits)..id",
--- time ordered; at most `step` of them per call. Returns how many were forgotten.
+-- Forgets succeeded jobs whose retention ended: the `done` list holds, time ordered, one entry
+-- per ack call, "expiry(13 digits)" followed by the ids it finished joined by ',' (an entry of
+-- one id is the format written before batches, read the same way); at most `step` ids per call
+-- (a partly forgotten entry keeps the rest of its ids). Returns how many were forgotten.
 local function forget_done(base, now, step)
   local nowstamp = string.format('%013d', now)
-  local first = redis.call('LINDEX', base .. 'done', 0)
-  if not first or string.sub(first, 1, 13) > nowstamp then return 0 end
-  local head = redis.call('LRANGE', base .. 'done', 0, step - 1)
-  local keys, ids = {}, {}
-  for _, e in ipairs(head) do
-    if string.sub(e, 1, 13) > nowstamp then break end
-    local id = string.sub(e, 14)
-    ids[#ids + 1] = id
-    keys[#keys + 1] = base .. 'job:' .. id
+  local dkey = base .. 'done'
+  local ids, n, entries = {}, 0, 0
+  while n < step and entries < step do
+    local e = redis.call('LINDEX', dkey, 0)
+    if not e or string.sub(e, 1, 13) > nowstamp then break end
+    entries = entries + 1
+    local rest, nrest = nil, 0
+    for id in string.gmatch(string.sub(e, 14), '[^,]+') do
+      if n < step then
+        n = n + 1
+        ids[n] = id
+      else
+        if not rest then rest = {} end
+        nrest = nrest + 1
+        rest[nrest] = id
+      end
+    end
+    if rest then
+      redis.call('LSET', dkey, 0, string.sub(e, 1, 13) .. table.concat(rest, ',', 1, nrest))
+      break
+    end
+    redis.call('LPOP', dkey)
   end
+  if n == 0 then return 0 end
+  local keys = {}
+  for i = 1, n do keys[i] = base .. 'job:' .. ids[i] end
   redis.call('UNLINK', unpack(keys))
   redis.call('HDEL', base .. 'jobs', unpack(ids))
   redis.call('HDEL', base .. 'fin', unpack(ids))
-  redis.call('LTRIM', base .. 'done', #ids, -1)
-  return #ids
+  return n
 end
 
 -- Leases are held per fetch batch (see fetch.lua): `held` maps "id|attempt" to the token of

@@ -5,9 +5,9 @@
 --   id, attempt, outcome: "o" (succeeded) or "o" .. result (JSON), "f" .. backoff_ms .. "|" ..
 --   error (failed, retried while attempts remain), "x" .. error (failed, no retry).
 -- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
--- its own hash; `fin` wins over any recorded state) and appends "expiry(13 digits)..id" to the
--- queue's time-ordered `done` list; expired entries are forgotten here and by reap in bounded
--- steps. A failure first moves a compact job into its own hash.
+-- its own hash; `fin` wins over any recorded state), and each call appends one entry
+-- "expiry(13 digits)" .. "id,id,..." of its successes to the queue's time-ordered `done` list;
+-- expired ids are forgotten here and by reap in bounded steps. A failure first moves a compact job into its own hash.
 -- Returns the number of acks applied.
 local base = KEYS[1]
 local t = redis.call('TIME')
@@ -117,7 +117,7 @@ for j = 1, k do
       end
       if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
       ok = ok + 1
-      kept[ok] = stamp .. id
+      kept[ok] = id
       if uniq then release_unique(redis.call('HGET', jobp .. id, 'uk'), id) end
     else
       failed = failed + 1
@@ -153,7 +153,8 @@ if nr > 0 then
   redis.call('LTRIM', base .. 'recent', 0, cap - 1)
 end
 if ok > 0 then
-  redis.call('RPUSH', base .. 'done', unpack(kept))
+  -- One entry for the whole call: the expiry, then the ids (see forget_done).
+  redis.call('RPUSH', base .. 'done', stamp .. table.concat(kept, ',', 1, ok))
   redis.call('HINCRBY', base .. 'stats', 'succeeded', ok)
 end
 if failed > 0 then redis.call('HINCRBY', base .. 'stats', 'failed', failed) end

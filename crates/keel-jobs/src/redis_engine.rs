@@ -12,7 +12,8 @@
 //! reaper, `bcount`: hash token → members still held, `bseq`: token counter; `inflight`, a zset
 //! of `id|attempt` by expiry, holds leases written before batch leases), `dead` (zset
 //! by death time), `recent` (capped list of dead and cancelled ids), `done` (list of
-//! `expiry..id` of succeeded jobs, forgotten by `complete.lua` and `reap.lua` in bounded steps),
+//! `expiry` + `id,id,...` of the jobs each ack call succeeded, forgotten by `complete.lua` and
+//! `reap.lua` in bounded steps),
 //! `uniq:KEY`, `stats` and `cfg` (hashes).
 //! Global keys: `prefix:queues` (set), `prefix:workers` (zset) + `prefix:worker:ID`,
 //! `prefix:schedules` (hash), and `prefix:{cron}:…` for leader election and fire dedup.
@@ -879,27 +880,42 @@ impl Engine for RedisEngine {
                             .await?
                     }
                     JobState::Succeeded | JobState::Cancelled => {
-                        // Successes: the newest entries of `done` ("expiry(13 digits)..id");
-                        // dead and cancelled jobs: `recent`.
-                        let mut conn = self.conn();
+                        // Successes: the newest ids of `done` (entries "expiry(13 digits)"
+                        // then "id,id,...", one per ack call), read newest first in pages of
+                        // a few entries until `limit` ids; dead and cancelled jobs: `recent`.
+                        const PAGE: i64 = 16;
+                        let want = limit.min(1000);
                         let key = format!("{base}done");
-                        let start = -(limit.min(1000) as i64);
-                        let done: Vec<String> = self
-                            .redis
-                            .with_timeout(async {
-                                Ok(redis::cmd("LRANGE")
-                                    .arg(key)
-                                    .arg(start)
-                                    .arg(-1)
-                                    .query_async(&mut conn)
-                                    .await?)
-                            })
-                            .await?;
-                        let mut part: Vec<String> = done
-                            .iter()
-                            .rev()
-                            .filter_map(|e| e.get(13..).map(str::to_string))
-                            .collect();
+                        let mut part: Vec<String> = Vec::new();
+                        let mut end: i64 = -1;
+                        while part.len() < want {
+                            let start = end - PAGE + 1;
+                            let mut conn = self.conn();
+                            let entries: Vec<String> = self
+                                .redis
+                                .with_timeout(async {
+                                    Ok(redis::cmd("LRANGE")
+                                        .arg(&key)
+                                        .arg(start)
+                                        .arg(end)
+                                        .query_async(&mut conn)
+                                        .await?)
+                                })
+                                .await?;
+                            for entry in entries.iter().rev() {
+                                let ids = entry.get(13..).unwrap_or("");
+                                for id in ids.rsplit(',').filter(|id| !id.is_empty()) {
+                                    if part.len() < want {
+                                        part.push(id.to_string());
+                                    }
+                                }
+                            }
+                            // A short page is the list's start; `want` entries hold `want` ids.
+                            if (entries.len() as i64) < PAGE || (-start) as usize >= want {
+                                break;
+                            }
+                            end = start - 1;
+                        }
                         part.extend(self.range("LRANGE", format!("{base}recent"), limit).await?);
                         part
                     }

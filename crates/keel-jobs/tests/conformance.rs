@@ -536,6 +536,40 @@ async fn finished_jobs_expire(e: Arc<dyn Engine>) {
     );
 }
 
+/// Successes acked in one call expire together, and a reaper step smaller than that call
+/// forgets part of them and leaves the rest for the next steps.
+async fn finished_batches_expire_in_bounded_steps(e: Arc<dyn Engine>) {
+    let ids: Vec<_> = e
+        .enqueue((0..50).map(|_| spec("fb")).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let jobs = e.fetch("fb", "w", 50, LEASE).await.unwrap();
+    assert_eq!(jobs.len(), 50);
+    let acks: Vec<_> = jobs.iter().map(ok).collect();
+    assert_eq!(e.complete("fb", &acks).await.unwrap(), 50);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = e.enqueue(vec![spec("fb")]).await.unwrap().remove(0).id;
+    let job = e.fetch("fb", "w", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(e.complete("fb", &[ok(&job)]).await.unwrap(), 1);
+    for _ in 0..3 {
+        e.reap("fb", 20).await.unwrap();
+    }
+    for id in &ids {
+        assert!(
+            e.get(id).await.unwrap().is_none(),
+            "{id} gone after retention"
+        );
+    }
+    assert_eq!(
+        e.get(&later).await.unwrap().unwrap().state,
+        JobState::Succeeded,
+        "kept within retention"
+    );
+}
+
 async fn concurrency_limit(e: Arc<dyn Engine>) {
     let limits = QueueLimits {
         max_concurrency: 2,
@@ -691,6 +725,7 @@ conformance!(
     release_hands_back_without_counting,
     big_batches_lose_nothing,
     finished_jobs_expire with short_retention(),
+    finished_batches_expire_in_bounded_steps with short_retention(),
     concurrency_limit,
     leadership_and_fire_dedup,
     workers_and_schedules,
