@@ -334,12 +334,18 @@ impl RulesWatcher {
 
     /// Loads `path` (an error if it is bad) and reloads it whenever it changes; a bad new file
     /// is logged with its line and problem, and the old rules stay in force.
+    ///
+    /// A change is applied once two reads in a row (one interval apart) find the same content:
+    /// a file written in place is truncated first, and its empty or half-written state must not
+    /// be taken for the new rules (an empty file is a valid set of no rules).
     pub fn watch(path: PathBuf, every: Duration, shutdown: Shutdown) -> Result<Self, RuleError> {
         let rules = RuleSet::load(&path)?;
         let watcher = Self::fixed(rules);
         let current = watcher.current.clone();
         tokio::spawn(async move {
+            // The content in force (applied or refused), and a change seen once.
             let mut last = std::fs::read(&path).ok();
+            let mut settling: Option<Vec<u8>> = None;
             let mut ticker = tokio::time::interval(every);
             loop {
                 tokio::select! {
@@ -350,8 +356,14 @@ impl RulesWatcher {
                     continue;
                 };
                 if last.as_deref() == Some(bytes.as_slice()) {
+                    settling = None;
                     continue;
                 }
+                if settling.as_deref() != Some(bytes.as_slice()) {
+                    settling = Some(bytes);
+                    continue;
+                }
+                settling = None;
                 last = Some(bytes.clone());
                 let text = String::from_utf8_lossy(&bytes);
                 match RuleSet::parse(&text) {
