@@ -197,7 +197,10 @@ b.sendall(b"QUIT :bye\r\n")
 wait(fa, a, lambda l: l.startswith(":e2ebob!") and " QUIT " in l, "QUIT of bob for alice")
 print("chat: alice on node 1 and bob on node 2 joined #e2e, exchanged channel and direct messages, bob's QUIT reached alice")
 PY
-    curl -fsS --max-time 5 "http://127.0.0.1:$KEEL_CHAT_PORT/" | grep -qi "<html" || fail "chat web client page"
+    # The page is read whole before grep looks at it: `curl | grep -q` lets grep exit at the first
+    # match, and curl, still writing, fails with "(23) Failed writing body" under pipefail.
+    page=$(curl -fsS --max-time 5 "http://127.0.0.1:$KEEL_CHAT_PORT/") || fail "chat web client page"
+    grep -qi "<html" <<<"$page" || fail "chat web client page"
     ok "chat: two nodes on one Redis (IRC ports $KEEL_IRC_PORT and $KEEL_IRC2_PORT: register, join, messages, QUIT across nodes) and the web client through port $KEEL_CHAT_PORT"
     ;;
 esac
