@@ -42,6 +42,8 @@ call('FLUSHALL'); call('CONFIG', 'SET', 'slowlog-log-slower-than', os.environ.ge
 C = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 base = 'lb:{q:bench}:'
 compact = os.path.exists(f'{LUA}/compact.lua')
+# Scripts that take runs of jobs and acks (a count, then the run; see enqueue.lua, complete.lua).
+runs = 'runs of' in open(f'{LUA}/enqueue.lua').read()
 B = 500
 pid = [l for l in call('INFO','server').split('\r\n') if l.startswith('process_id:')][0].split(':')[1]
 def cpu():
@@ -49,22 +51,24 @@ def cpu():
     return (int(st[11]) + int(st[12])) / os.sysconf('SC_CLK_TCK')
 c0 = cpu()
 for r in range(ROUNDS):
-    args = [B]
+    args = [B] + ([B, 0] if runs else [])
     for j in range(B):
         i = ''.join(random.choice(C) for _ in range(26))
         spec = json.dumps({"k": "noop", "d": {"t": 1764100000000000 + j}, "m": 3, "t": 300000}, separators=(',', ':'))
-        if compact: args += [i, '0', '', '0|3|' + spec]
+        if runs: args += [i, '0|3|' + spec]
+        elif compact: args += [i, '0', '', '0|3|' + spec]
         else: args += [i, spec, '0', '3', '', '0', '-1']
     call('EVALSHA', shas['enqueue'], 1, base, *args)
     for k in range(2):
         got = call('EVALSHA', shas['fetch'], 1, base, 'bench-0', 250, 30000, 250)
         els = got[1:]
-        acks = [60000, 600000, 1000]
+        acks = [60000, 600000, 1000] + ([len(els)] if runs else [])
         for e in els:
             if e.startswith('*'): idv, att = e[1:].split('|')[0], '1'
             else:
                 p = e.split('|'); idv, att = p[0], str(int(p[1]) + 1)
-            if compact: acks += [idv, att, 'o']
+            if runs: acks += [idv + '|' + att]
+            elif compact: acks += [idv, att, 'o']
             else: acks += [idv, att, 'ok', '']
         call('EVALSHA', shas['complete'], 1, base, *acks)
 c1 = cpu()

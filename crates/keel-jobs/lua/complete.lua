@@ -1,9 +1,13 @@
 -- Ack a batch of attempts. An ack whose attempt no longer holds the lease is ignored.
 -- (Prepended with compact.lua.)
 -- KEYS[1] = queue base
--- ARGV = retention_ms, dead_retention_ms, recent_cap, then 3 fields per job (at most 1000 jobs):
---   id, attempt, outcome: "o" (succeeded) or "o" .. result (JSON), "f" .. backoff_ms .. "|" ..
---   error (failed, retried while attempts remain), "x" .. error (failed, no retry).
+-- ARGV = retention_ms, dead_retention_ms, recent_cap, then runs of acks (at most 1000 acks in
+-- all), each a count c then its acks, whose member "id|attempt" names the attempt:
+--   c > 0: c plain successes (no result): c members;
+--   c < 0: -c acks of any outcome, 2 fields each: member, outcome: "o" (succeeded) or
+--     "o" .. result (JSON), "f" .. backoff_ms .. "|" .. error (failed, retried while attempts
+--     remain), "x" .. error (failed, no retry).
+-- (A plain success costs one argument: each costs Redis a string object and Lua a string.)
 -- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
 -- its own hash; `fin` wins over any recorded state), and each call appends one entry
 -- "expiry(13 digits)" .. "id,id,..." of its successes to the queue's time-ordered `done` list;
@@ -26,17 +30,43 @@ end
 -- `held` hash, mapped to its fetch batch's token, exactly while that attempt holds the job
 -- (see fetch.lua).
 local n = #ARGV
-if n > 3 + 3000 then return redis.error_reply('at most 1000 acks per call') end
 local ids, codes, members = {}, {}, {}
 local k = 0
-for i = 4, n, 3 do
-  k = k + 1
-  local id = ARGV[i]
-  ids[k] = id
-  members[k] = id .. '|' .. ARGV[i + 1]
-  codes[k] = ARGV[i + 2]
+local i = 4
+while i <= n do
+  local c = tonumber(ARGV[i])
+  if not c or c == 0 or c ~= math.floor(c) or k + math.abs(c) > 1000 then
+    return redis.error_reply('bad ack arguments (at most 1000 acks per call)')
+  end
+  if c > 0 then
+    if i + c > n then return redis.error_reply('bad ack arguments') end
+    for a = i + 1, i + c do
+      k = k + 1
+      members[k] = ARGV[a]
+      codes[k] = 'o'
+    end
+    i = i + c + 1
+  else
+    c = -c
+    if i + c * 2 > n then return redis.error_reply('bad ack arguments') end
+    for a = i + 1, i + c * 2, 2 do
+      k = k + 1
+      members[k] = ARGV[a]
+      codes[k] = ARGV[a + 1]
+    end
+    i = i + c * 2 + 1
+  end
 end
 if k == 0 then return 0 end
+-- A member that names no attempt is never held: it is ignored, as a stale ack is.
+for j = 1, k do
+  local id = string.match(members[j], '^([^|]+)|%d+$')
+  if id then
+    ids[j] = id
+  else
+    members[j], ids[j] = '|', ''
+  end
+end
 local held = redis.call('HMGET', base .. 'held', unpack(members))
 -- The members held, and their batches as runs of (token, count) (an ack batch holds the jobs
 -- of few fetch batches, mostly in order). Leases written before batch leases live in the

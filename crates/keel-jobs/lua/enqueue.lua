@@ -1,9 +1,14 @@
 -- Enqueue a batch of jobs into one queue.
 -- KEYS[1] = queue base "prefix:{q:NAME}:"
--- ARGV[1] = number of jobs n (at most 1000; the caller sends at most 500), then 4 fields per job:
---   id, priority, opts, body where body = "priority|max_attempts|spec (JSON)" and
---   opts = '' for a job ready at once without a unique key (a compact job: one field of the
---   `jobs` hash, see compact.lua), else "delay_ms|run_at_ms (-1 = none)|unique_key".
+-- ARGV[1] = number of jobs n (at most 1000; the caller sends at most 500), then runs of jobs in
+-- batch order, each a count c then its jobs:
+--   c > 0: c compact jobs (ready at once, no unique key; one field of the `jobs` hash, see
+--     compact.lua) of one priority: the priority, then per job 2 fields: id, body;
+--   c < 0: -c other jobs, 4 fields each: id, priority, opts, body
+--     with opts = "delay_ms|run_at_ms (-1 = none)|unique_key";
+--   body = "priority|max_attempts|spec (JSON)".
+-- (Runs keep the batch's order and spare a compact job two arguments: each argument costs
+-- Redis a string object and Lua an interned string.)
 -- Ready list elements: "*ID|created|priority|max_attempts|spec" for compact jobs,
 -- "id|attempt|created|enqueued|run_at|spec" for jobs in their own hash (see fetch.lua).
 -- Returns a flat array of the duplicates only: for each job whose unique key belongs to a live
@@ -13,7 +18,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local snow = string.format('%d', now)
 local n = tonumber(ARGV[1])
-if n > 1000 then return redis.error_reply('at most 1000 jobs per call') end
+if not n or n > 1000 then return redis.error_reply('at most 1000 jobs per call') end
 local out = {}
 local ready = {}
 local recs, nrec = {}, 0
@@ -23,76 +28,115 @@ local i = 2
 local cmid = '|' .. snow .. '|'
 -- The middle of a hash job's element ready now: attempt 0, created = enqueued = run_at = now.
 local mid = '|0|' .. snow .. '|' .. snow .. '|' .. snow .. '|'
-for j = 1, n do
-  local id, p, opts, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  i = i + 4
-  local list = ready[p]
-  if not list then
-    list = {}
-    ready[p] = list
-  end
-  if opts == '' then
-    local e = '*' .. id .. cmid .. body
-    list[#list + 1] = e
-    nrec = nrec + 2
-    recs[nrec - 1] = id
-    recs[nrec] = e
-    added = added + 1
-  else
-    local delay, runat, uk = string.match(opts, '^(%d+)|(-?%d+)|(.*)$')
-    local max, spec = string.match(body, '^-?%d+|(%d+)|(.*)$')
-    if not delay or not max then return redis.error_reply('bad enqueue arguments') end
-    delay, runat = tonumber(delay), tonumber(runat)
-    local dup = nil
-    if uk ~= '' then
-      local ukey = base .. 'uniq:' .. uk
-      local holder = redis.call('GET', ukey)
-      if holder and (redis.call('EXISTS', base .. 'job:' .. holder) == 1
-          or redis.call('HEXISTS', base .. 'jobs', holder) == 1) then
-        dup = holder
-      else
-        redis.call('SET', ukey, id)
-        redis.call('SET', base .. 'uniqused', 1)
-      end
-    end
-    if dup then
-      out[#out + 1] = j
-      out[#out + 1] = dup
+-- The runs must add up to n jobs and end with the arguments: checked before any write.
+local nargs = #ARGV
+do
+  local a, total = 2, 0
+  while a <= nargs do
+    local c = tonumber(ARGV[a])
+    if not c or c == 0 or c ~= math.floor(c) then return redis.error_reply('bad enqueue arguments') end
+    if c > 0 then
+      if not tonumber(ARGV[a + 1] or '') then return redis.error_reply('bad enqueue arguments') end
+      a = a + 2 + c * 2
     else
-      local at = now
-      if runat >= 0 then at = runat elseif delay > 0 then at = now + delay end
-      local key = base .. 'job:' .. id
-      if at > now then
-        local fields = { 'spec', spec, 'p', p, 'max', max, 'st', 'scheduled', 'att', 0, 'ca', snow,
-          'ra', string.format('%d', at) }
-        if uk ~= '' then
-          fields[#fields + 1] = 'uk'
-          fields[#fields + 1] = uk
-        end
-        redis.call('HSET', key, unpack(fields))
-        redis.call('ZADD', base .. 'scheduled', at, id)
-      else
-        -- No 'att' (0), no 'ra' and 'ea' when both equal 'ca' (unless it names a past run_at).
-        local fields = { 'spec', spec, 'p', p, 'max', max, 'st', 'queued', 'ca', snow }
-        if uk ~= '' then
-          fields[#fields + 1] = 'uk'
-          fields[#fields + 1] = uk
-        end
-        if at ~= now then
-          fields[#fields + 1] = 'ra'
-          fields[#fields + 1] = string.format('%d', at)
-          fields[#fields + 1] = 'ea'
-          fields[#fields + 1] = snow
-        end
-        redis.call('HSET', key, unpack(fields))
-        if at == now then
-          list[#list + 1] = id .. mid .. spec
+      a = a + 1 - c * 4
+    end
+    total = total + math.abs(c)
+  end
+  if a ~= nargs + 1 or total ~= n then return redis.error_reply('bad enqueue arguments') end
+end
+local j = 0
+while i <= nargs do
+  local c = tonumber(ARGV[i])
+  if c > 0 then
+    -- A run of compact jobs of one priority.
+    local p = ARGV[i + 1]
+    local last = i + 1 + c * 2
+    local list = ready[p]
+    if not list then
+      list = {}
+      ready[p] = list
+    end
+    local nl = #list
+    for a = i + 2, last, 2 do
+      local id = ARGV[a]
+      local e = '*' .. id .. cmid .. ARGV[a + 1]
+      nl = nl + 1
+      list[nl] = e
+      nrec = nrec + 2
+      recs[nrec - 1] = id
+      recs[nrec] = e
+    end
+    added = added + c
+    j = j + c
+    i = last + 1
+  else
+    c = -c
+    i = i + 1
+    for _ = 1, c do
+      j = j + 1
+      local id, p, opts, body = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+      i = i + 4
+      local list = ready[p]
+      if not list then
+        list = {}
+        ready[p] = list
+      end
+      local delay, runat, uk = string.match(opts, '^(%d+)|(-?%d+)|(.*)$')
+      local max, spec = string.match(body, '^-?%d+|(%d+)|(.*)$')
+      if not delay or not max then return redis.error_reply('bad enqueue arguments') end
+      delay, runat = tonumber(delay), tonumber(runat)
+      local dup = nil
+      if uk ~= '' then
+        local ukey = base .. 'uniq:' .. uk
+        local holder = redis.call('GET', ukey)
+        if holder and (redis.call('EXISTS', base .. 'job:' .. holder) == 1
+            or redis.call('HEXISTS', base .. 'jobs', holder) == 1) then
+          dup = holder
         else
-          list[#list + 1] = id .. '|0|' .. snow .. '|' .. snow .. '|' .. string.format('%d', at)
-            .. '|' .. spec
+          redis.call('SET', ukey, id)
+          redis.call('SET', base .. 'uniqused', 1)
         end
       end
-      added = added + 1
+      if dup then
+        out[#out + 1] = j
+        out[#out + 1] = dup
+      else
+        local at = now
+        if runat >= 0 then at = runat elseif delay > 0 then at = now + delay end
+        local key = base .. 'job:' .. id
+        if at > now then
+          local fields = { 'spec', spec, 'p', p, 'max', max, 'st', 'scheduled', 'att', 0, 'ca', snow,
+            'ra', string.format('%d', at) }
+          if uk ~= '' then
+            fields[#fields + 1] = 'uk'
+            fields[#fields + 1] = uk
+          end
+          redis.call('HSET', key, unpack(fields))
+          redis.call('ZADD', base .. 'scheduled', at, id)
+        else
+          -- No 'att' (0), no 'ra' and 'ea' when both equal 'ca' (unless it names a past run_at).
+          local fields = { 'spec', spec, 'p', p, 'max', max, 'st', 'queued', 'ca', snow }
+          if uk ~= '' then
+            fields[#fields + 1] = 'uk'
+            fields[#fields + 1] = uk
+          end
+          if at ~= now then
+            fields[#fields + 1] = 'ra'
+            fields[#fields + 1] = string.format('%d', at)
+            fields[#fields + 1] = 'ea'
+            fields[#fields + 1] = snow
+          end
+          redis.call('HSET', key, unpack(fields))
+          if at == now then
+            list[#list + 1] = id .. mid .. spec
+          else
+            list[#list + 1] = id .. '|0|' .. snow .. '|' .. snow .. '|' .. string.format('%d', at)
+              .. '|' .. spec
+          end
+        end
+        added = added + 1
+      end
     end
   end
 end

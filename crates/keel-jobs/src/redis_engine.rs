@@ -321,35 +321,55 @@ impl RedisEngine {
         specs: impl ExactSizeIterator<Item = &JobSpec>,
     ) -> EngineResult<Vec<Enqueued>> {
         let n = specs.len();
-        let mut args = Vec::with_capacity(1 + n * 4);
+        let mut args = Vec::with_capacity(2 + n * 2);
         let mut out = Vec::with_capacity(n);
         args.push(n.to_string());
+        // Runs in batch order (see enqueue.lua): a count, then the run's jobs; a run of compact
+        // jobs (ready at once, no unique key) of one priority sends 2 arguments per job, other
+        // jobs 4. `run_at`: where the current run's count goes.
+        let mut run_at = 0;
+        let mut run: Option<(bool, i32)> = None;
+        let mut run_len: i64 = 0;
         for spec in specs {
-            // body = "priority|max_attempts|spec"; opts = "" for a job ready at once without a
-            // unique key (a compact job, see compact.lua), else "delay|run_at|unique_key".
+            // body = "priority|max_attempts|spec"; opts = "delay|run_at|unique_key".
             let mut body = format!("{}|{}|", spec.priority, spec.max_attempts).into_bytes();
             serde_json::to_writer(&mut body, &StoredSpecRef::from(spec))
                 .map_err(|e| EngineError::Invalid(e.to_string()))?;
             let body = String::from_utf8(body).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            let opts = if spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none() {
-                String::new()
-            } else {
-                format!(
-                    "{}|{}|{}",
-                    spec.delay_ms,
-                    spec.run_at.unwrap_or(-1),
-                    spec.unique_key.as_deref().unwrap_or("")
-                )
-            };
+            let compact = spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none();
+            let key = (compact, if compact { spec.priority } else { 0 });
+            if run != Some(key) {
+                if run.is_some() {
+                    args[run_at] = run_count(key_of(run), run_len);
+                }
+                run = Some(key);
+                run_len = 0;
+                run_at = args.len();
+                args.push(String::new());
+                if compact {
+                    args.push(spec.priority.to_string());
+                }
+            }
+            run_len += 1;
             let id = new_id();
             args.push(id.clone());
             out.push(Enqueued {
                 id,
                 duplicate: false,
             });
-            args.push(spec.priority.to_string());
-            args.push(opts);
+            if !compact {
+                args.push(spec.priority.to_string());
+                args.push(format!(
+                    "{}|{}|{}",
+                    spec.delay_ms,
+                    spec.run_at.unwrap_or(-1),
+                    spec.unique_key.as_deref().unwrap_or("")
+                ));
+            }
             args.push(body);
+        }
+        if run.is_some() {
+            args[run_at] = run_count(key_of(run), run_len);
         }
         // Only duplicates come back: (position from 1, the live job's id).
         let duplicates: Vec<(usize, String)> = self
@@ -376,6 +396,16 @@ impl RedisEngine {
             .flat_map(|l| [l.id.clone(), l.attempt.to_string()])
             .collect()
     }
+}
+
+/// The compactness of an enqueue run (see `enqueue_chunk`).
+fn key_of(run: Option<(bool, i32)>) -> bool {
+    run.map(|(compact, _)| compact).unwrap_or(false)
+}
+
+/// An enqueue run's count: positive for compact jobs, negative for others (see enqueue.lua).
+fn run_count(compact: bool, len: i64) -> String {
+    if compact { len } else { -len }.to_string()
 }
 
 fn parse_i64(map: &HashMap<String, String>, field: &str) -> Option<i64> {
@@ -685,15 +715,37 @@ impl Engine for RedisEngine {
             args.push(ms(self.config.retention).to_string());
             args.push(ms(self.config.dead_retention).to_string());
             args.push(self.config.recent_cap.to_string());
+            // Runs (see complete.lua): a count, then the run's acks; plain successes send only
+            // their member "id|attempt", other outcomes the member and the outcome.
+            let mut run_at = 0;
+            let mut run: Option<bool> = None;
+            let mut run_len: i64 = 0;
             for c in chunk {
-                args.push(c.lease.id.clone());
-                args.push(c.lease.attempt.to_string());
-                args.push(match &c.outcome {
-                    Outcome::Succeeded(None) => "o".to_string(),
-                    Outcome::Succeeded(Some(result)) => format!("o{result}"),
-                    Outcome::Failed { error, backoff } => format!("f{}|{error}", ms(*backoff)),
-                    Outcome::Fatal(error) => format!("x{error}"),
-                });
+                let plain = matches!(c.outcome, Outcome::Succeeded(None));
+                if run != Some(plain) {
+                    if let Some(p) = run {
+                        args[run_at] = (if p { run_len } else { -run_len }).to_string();
+                    }
+                    run = Some(plain);
+                    run_len = 0;
+                    run_at = args.len();
+                    args.push(String::new());
+                }
+                run_len += 1;
+                args.push(format!("{}|{}", c.lease.id, c.lease.attempt));
+                if !plain {
+                    args.push(match &c.outcome {
+                        Outcome::Succeeded(None) => "o".to_string(),
+                        Outcome::Succeeded(Some(result)) => format!("o{result}"),
+                        Outcome::Failed { error, backoff } => {
+                            format!("f{}|{error}", ms(*backoff))
+                        }
+                        Outcome::Fatal(error) => format!("x{error}"),
+                    });
+                }
+            }
+            if let Some(p) = run {
+                args[run_at] = (if p { run_len } else { -run_len }).to_string();
             }
             let n: usize = self
                 .invoke(&self.scripts.complete, &[self.base(queue)], &args)

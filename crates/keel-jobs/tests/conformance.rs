@@ -672,6 +672,107 @@ async fn invalid_input_is_refused(e: Arc<dyn Engine>) {
     assert!(e.get("not-an-id").await.unwrap().is_none());
 }
 
+/// One enqueue call and one ack call that mix every kind of job and outcome: the Redis engine
+/// sends them as runs (see enqueue.lua and complete.lua), which must keep the batch's order,
+/// the positions of duplicates, and each ack's own outcome.
+async fn mixed_batches_keep_order_and_outcomes(e: Arc<dyn Engine>) {
+    let with = |priority: i32, unique: Option<&str>, delay_ms: u64| {
+        let mut s = spec("mix");
+        s.priority = priority;
+        s.unique_key = unique.map(str::to_string);
+        s.delay_ms = delay_ms;
+        s
+    };
+    let specs = vec![
+        with(0, None, 0),       // 0 a: plain
+        with(0, Some("k"), 0),  // 1 b: unique
+        with(5, None, 0),       // 2 c: plain, higher priority
+        with(0, None, 0),       // 3 d: plain
+        with(0, Some("k"), 0),  // 4 e: duplicate of b
+        with(0, None, 60_000),  // 5 f: delayed
+        with(0, None, 0),       // 6 g: plain
+        with(5, Some("k2"), 0), // 7 h: unique, higher priority
+    ];
+    let ids = e.enqueue(specs).await.unwrap();
+    let dups: Vec<bool> = ids.iter().map(|x| x.duplicate).collect();
+    assert_eq!(
+        dups,
+        [false, false, false, false, true, false, false, false]
+    );
+    assert_eq!(ids[4].id, ids[1].id, "a duplicate names the live job");
+    let fetched = e.fetch("mix", "w", 20, LEASE).await.unwrap();
+    let order: Vec<_> = fetched.iter().map(|j| j.id.clone()).collect();
+    let want: Vec<_> = [2, 7, 0, 1, 3, 6]
+        .iter()
+        .map(|&i| ids[i].id.clone())
+        .collect();
+    assert_eq!(
+        order, want,
+        "priority first, then batch order; the delayed job waits"
+    );
+    let by_id = |i: usize| fetched.iter().find(|j| j.id == ids[i].id).unwrap();
+    let plain = |i: usize| Completion {
+        lease: lease(by_id(i)),
+        outcome: Outcome::Succeeded(None),
+    };
+    let acks = vec![
+        plain(0),
+        plain(3),
+        Completion {
+            lease: lease(by_id(2)),
+            outcome: Outcome::Fatal("broken".into()),
+        },
+        ok(by_id(1)),
+        Completion {
+            lease: Lease {
+                id: ids[6].id.clone(),
+                attempt: 7,
+            },
+            outcome: Outcome::Succeeded(None),
+        },
+        plain(6),
+        Completion {
+            lease: lease(by_id(7)),
+            outcome: Outcome::Failed {
+                error: "again".into(),
+                backoff: Duration::from_secs(60),
+            },
+        },
+        plain(0),
+    ];
+    assert_eq!(
+        e.complete("mix", &acks).await.unwrap(),
+        6,
+        "a stale attempt and a second ack of the same attempt are not applied"
+    );
+    let state = |i: usize| {
+        let e = e.clone();
+        let id = ids[i].id.clone();
+        async move { e.get(&id).await.unwrap().unwrap() }
+    };
+    for i in [0, 3, 6] {
+        let job = state(i).await;
+        assert_eq!(job.state, JobState::Succeeded, "job {i}");
+        assert_eq!(job.result, None, "job {i}");
+    }
+    let b = state(1).await;
+    assert_eq!(
+        (b.state, b.result),
+        (JobState::Succeeded, Some(json!({"ok": true})))
+    );
+    let c = state(2).await;
+    assert_eq!(
+        (c.state, c.error.as_deref()),
+        (JobState::Dead, Some("broken"))
+    );
+    let h = state(7).await;
+    assert_eq!(
+        (h.state, h.error.as_deref()),
+        (JobState::Retrying, Some("again"))
+    );
+    assert_eq!(state(5).await.state, JobState::Scheduled);
+}
+
 fn short_retention() -> EngineConfig {
     EngineConfig {
         retention: Duration::from_millis(200),
@@ -730,6 +831,7 @@ conformance!(
     leadership_and_fire_dedup,
     workers_and_schedules,
     invalid_input_is_refused,
+    mixed_batches_keep_order_and_outcomes,
 );
 
 /// Redis only: a batch's keys are gone once every member is acked, cancelled, handed back or
