@@ -384,6 +384,8 @@ impl ClientTask {
         let mut joined: Option<String> = None;
         // A JOIN ordered but not yet due (paced), and when it is due.
         let mut join_due: Option<(String, tokio::time::Instant)> = None;
+        // FAIL JOIN replies seen on this connection (each retried, see below).
+        let mut join_failures: u32 = 0;
         let mut line = Vec::with_capacity(512);
         // Orders given before this connection (a reconnect) apply at once.
         self.orders.mark_changed();
@@ -441,7 +443,21 @@ impl ClientTask {
                     } else if joined.is_some() && is_own_join(&line, &my_join) {
                         self.stats.joined.fetch_add(1, Ordering::Relaxed);
                     } else if joined.is_some() && is_join_failure(&line) {
+                        // `FAIL JOIN TEMPORARILY_UNAVAILABLE`: the node's store call timed out
+                        // under the join load; the reply says try again, so the member does,
+                        // after a full-jitter backoff (cap 0.5 s doubling per failure, at most
+                        // 8 s). `joined` stays set: an echo of the first JOIN, applied late,
+                        // still counts, and a repeated JOIN of a joined channel is ignored.
                         self.stats.join_failed.fetch_add(1, Ordering::Relaxed);
+                        join_failures += 1;
+                        if let Some(c) = joined.clone() {
+                            let cap = (500u64 << join_failures.min(4)).min(8_000);
+                            let ms = rand::rng().random_range(50..=cap);
+                            join_due = Some((
+                                c,
+                                tokio::time::Instant::now() + Duration::from_millis(ms),
+                            ));
+                        }
                     }
                     line.clear();
                     if line.capacity() > 4096 {
