@@ -11,7 +11,7 @@ use keel_irc_proto::{casefold, Message};
 use crate::client::{cap, ClientHandle, Want};
 use crate::engine::{
     history_key, ChatEngine, ClientId, ClientInfo, ClientUpdate, EngineError, HistoryItem,
-    HistoryQuery, HistoryRef, ModeChange,
+    HistoryQuery, HistoryRef, ModeChange, Topic,
 };
 use crate::shared::{Shared, VERSION};
 use crate::util::{format_time, parse_time, unix_ms, unix_secs, valid_channel, valid_nick};
@@ -54,6 +54,12 @@ pub struct Session<E> {
     /// Set when the session must end, with the QUIT reason.
     pub quit: Option<String>,
     batch_seq: u64,
+    /// Channels (folded) whose JOIN this client was answered `FAIL JOIN
+    /// TEMPORARILY_UNAVAILABLE`: the store may have applied it after the node stopped
+    /// waiting. A later JOIN that finds the client already on such a channel is announced as
+    /// the JOIN it was (echo, members, topic, names) instead of ignored, or neither the client
+    /// nor the members would ever see it. Bounded by the channel limit.
+    unconfirmed_joins: Vec<String>,
 }
 
 impl<E: ChatEngine> Session<E> {
@@ -78,6 +84,7 @@ impl<E: ChatEngine> Session<E> {
             out: Vec::new(),
             quit: None,
             batch_seq: 0,
+            unconfirmed_joins: Vec::new(),
         }
     }
 
@@ -889,56 +896,21 @@ impl<E: ChatEngine> Session<E> {
             }
             let key = keys.get(i).map(String::as_str);
             let max = self.shared.config.limits.max_channels;
-            match self.shared.engine.join(chan, self.id, key, max).await {
-                Ok(joined) => {
-                    let name = joined.name.clone();
-                    let fold = casefold(chan);
-                    self.shared.hub.index_join(&fold, self.id);
-                    let account = self.account.clone().unwrap_or_else(|| s("*"));
-                    let realname = self.user.as_ref().map(|u| u.1.clone()).unwrap_or_default();
-                    let msgid = self.shared.msgids.next();
-                    let plain = self
-                        .msg_from_me("JOIN", vec![name.clone()])
-                        .with_tag("msgid", msgid.clone());
-                    let ext = self
-                        .msg_from_me("JOIN", vec![name.clone(), account, realname])
-                        .with_tag("msgid", msgid);
-                    let (plain, ext) = (Arc::new(plain), Arc::new(ext));
-                    let mine = if self.has(cap::EXTENDED_JOIN) {
-                        &ext
-                    } else {
-                        &plain
+            let fold = casefold(chan);
+            let joined = match self.shared.engine.join(chan, self.id, key, max).await {
+                Ok(joined) => (joined.name, joined.topic),
+                Err(EngineError::UserOnChannel) => {
+                    let Some(at) = self.unconfirmed_joins.iter().position(|c| *c == fold) else {
+                        continue; // a JOIN of a channel the client knows it is on
                     };
-                    self.out.push((**mine).clone());
-                    // Every member hears of it, from its own node's channel index.
-                    self.shared.hub.deliver_channel_variant(
-                        &fold,
-                        self.id,
-                        Want::MEMBERSHIP,
-                        &plain,
-                        cap::EXTENDED_JOIN,
-                        &ext,
-                    );
-                    if self.away {
-                        if let Some(me) = self.shared.engine.client(self.id).await {
-                            let away = Arc::new(
-                                self.msg_from_me("AWAY", vec![me.away.unwrap_or_default()]),
-                            );
-                            self.shared.hub.deliver_channel(
-                                &fold,
-                                self.id,
-                                &away,
-                                cap::AWAY_NOTIFY,
-                            );
+                    // Told FAIL, yet the store applied it: now the JOIN is announced.
+                    self.unconfirmed_joins.swap_remove(at);
+                    match self.shared.engine.channel(chan).await {
+                        Some(info) if info.member(self.id).is_some() => (info.name, info.topic),
+                        _ => {
+                            self.temporarily_unavailable("JOIN");
+                            continue;
                         }
-                    }
-                    if let Some(t) = &joined.topic {
-                        self.num("332", vec![name.clone(), t.text.clone()]);
-                        self.num("333", vec![name.clone(), t.setter.clone(), s(t.time)]);
-                    }
-                    // draft/no-implicit-names: big channels cost no NAMES burst per JOIN.
-                    if !self.has(cap::NO_IMPLICIT_NAMES) {
-                        self.names(&name).await;
                     }
                 }
                 Err(e) => {
@@ -950,18 +922,71 @@ impl<E: ChatEngine> Session<E> {
                         EngineError::TooManyChannels => {
                             ("405", "You have joined too many channels")
                         }
-                        EngineError::UserOnChannel => continue,
                         EngineError::Unavailable(_) => {
                             // The store may have applied it after we stopped waiting.
                             self.shared.recheck_index(self.id);
+                            if !self.unconfirmed_joins.contains(&fold)
+                                && self.unconfirmed_joins.len() < max
+                            {
+                                self.unconfirmed_joins.push(fold);
+                            }
                             self.temporarily_unavailable("JOIN");
                             continue;
                         }
                         _ => ("403", "No such channel"),
                     };
                     self.num(code, vec![chan.clone(), s(text)]);
+                    continue;
                 }
+            };
+            self.unconfirmed_joins.retain(|c| *c != fold);
+            self.announce_join(&fold, joined.0, joined.1).await;
+        }
+    }
+
+    /// A JOIN the store applied: the echo, every member told (from its own node's channel
+    /// index), the topic and the names.
+    async fn announce_join(&mut self, fold: &str, name: String, topic: Option<Topic>) {
+        self.shared.hub.index_join(fold, self.id);
+        let account = self.account.clone().unwrap_or_else(|| s("*"));
+        let realname = self.user.as_ref().map(|u| u.1.clone()).unwrap_or_default();
+        let msgid = self.shared.msgids.next();
+        let plain = self
+            .msg_from_me("JOIN", vec![name.clone()])
+            .with_tag("msgid", msgid.clone());
+        let ext = self
+            .msg_from_me("JOIN", vec![name.clone(), account, realname])
+            .with_tag("msgid", msgid);
+        let (plain, ext) = (Arc::new(plain), Arc::new(ext));
+        let mine = if self.has(cap::EXTENDED_JOIN) {
+            &ext
+        } else {
+            &plain
+        };
+        self.out.push((**mine).clone());
+        self.shared.hub.deliver_channel_variant(
+            fold,
+            self.id,
+            Want::MEMBERSHIP,
+            &plain,
+            cap::EXTENDED_JOIN,
+            &ext,
+        );
+        if self.away {
+            if let Some(me) = self.shared.engine.client(self.id).await {
+                let away = Arc::new(self.msg_from_me("AWAY", vec![me.away.unwrap_or_default()]));
+                self.shared
+                    .hub
+                    .deliver_channel(fold, self.id, &away, cap::AWAY_NOTIFY);
             }
+        }
+        if let Some(t) = &topic {
+            self.num("332", vec![name.clone(), t.text.clone()]);
+            self.num("333", vec![name.clone(), t.setter.clone(), s(t.time)]);
+        }
+        // draft/no-implicit-names: big channels cost no NAMES burst per JOIN.
+        if !self.has(cap::NO_IMPLICIT_NAMES) {
+            self.names(&name).await;
         }
     }
 

@@ -208,3 +208,65 @@ async fn chathistory_after_a_reconnect_on_redis() {
     let fail = bob.expect(|m| m.command == "FAIL").await;
     assert_eq!(fail.param(1), Some("INVALID_PARAMS"));
 }
+
+/// A JOIN answered `FAIL JOIN TEMPORARILY_UNAVAILABLE` that the store applied after the node
+/// stopped waiting is announced when the client joins again, as the FAIL asks: the client sees
+/// its JOIN, the members see it once, and a JOIN after that is ignored as before.
+#[tokio::test]
+async fn a_join_applied_after_its_timeout_is_announced_on_the_retry() {
+    let (redis, server) = start_on_redis(test_config()).await;
+    let mut bob = Client::register(server.irc, "bob").await;
+    bob.send("JOIN #late").await;
+    bob.expect(|m| m.command == "366").await;
+    let mut alice = Client::register(server.irc, "alice").await;
+    // Writes wait in Redis for 1.5 s, past the node's 500 ms timeout, and then run.
+    redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]).unwrap();
+    alice.send("JOIN #late").await;
+    let fail = alice.expect(|m| m.command == "FAIL").await;
+    assert_eq!(fail.params[..2], ["JOIN", "TEMPORARILY_UNAVAILABLE"]);
+    // The store applies the JOIN once the pause ends: alice is a member nobody was told of.
+    let mut member = false;
+    for _ in 0..50 {
+        bob.send("NAMES #late").await;
+        // (While the node is degraded, NAMES is refused too.)
+        let names = bob
+            .expect(|m| m.command == "353" || m.command == "FAIL")
+            .await;
+        if names.command == "353"
+            && names
+                .param(3)
+                .unwrap_or("")
+                .split(' ')
+                .any(|n| n == "alice")
+        {
+            member = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(member, "the paused JOIN ran once Redis resumed");
+    assert!(
+        !bob.seen
+            .iter()
+            .any(|l| l.contains(":alice!") && l.contains(" JOIN ")),
+        "{:#?}",
+        bob.seen
+    );
+
+    alice.send("JOIN #late").await;
+    let join = alice.expect(|m| m.command == "JOIN").await;
+    assert_eq!(join.param(0), Some("#late"));
+    alice.expect(|m| m.command == "366").await;
+    let seen = bob.expect(|m| m.command == "JOIN").await;
+    assert!(
+        seen.source.as_deref().unwrap_or("").starts_with("alice!"),
+        "{seen:?}"
+    );
+    // Now the client knows: another JOIN is the JOIN of a joined channel.
+    alice.send("JOIN #late").await;
+    alice.sync().await;
+    bob.sync().await;
+    let joins = |c: &Client| c.seen.iter().filter(|l| l.contains(" JOIN #late")).count();
+    assert_eq!(joins(&alice), 1, "{:#?}", alice.seen);
+    assert_eq!(joins(&bob), 2, "bob's own and alice's: {:#?}", bob.seen);
+}
