@@ -52,7 +52,7 @@ pub struct ChatServeArgs {
     pub tls_key: Option<PathBuf>,
     /// Set SO_REUSEPORT on the IRC listener, so several `keel chat serve` processes share
     /// one port (the kernel spreads connections over them). `--reuse-port false` turns it off.
-    #[arg(long, env = "KEEL_REUSE_PORT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "KEEL_REUSE_PORT", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub reuse_port: bool,
     /// Accept backlog of the IRC listener [default: 4096, or the config file's
     /// `listen_backlog`; the kernel caps it at net.core.somaxconn].
@@ -60,7 +60,7 @@ pub struct ChatServeArgs {
     pub listen_backlog: Option<u32>,
     /// Deliver with a direct non-blocking write while a plain-TCP client's send queue is
     /// empty (no task wake-up per recipient). Off by default: slower in our fan-out bench.
-    #[arg(long, env = "KEEL_CHAT_DIRECT_WRITES", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "KEEL_CHAT_DIRECT_WRITES", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub direct_writes: bool,
     /// How long a node's clients outlive its last heartbeat (Redis engine): a node that dies
     /// takes its users with it within this time [default: 30s].
@@ -162,4 +162,36 @@ pub async fn serve_on(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn serve(args: &[&str]) -> super::ChatServeArgs {
+        let mut argv = vec!["keel", "chat", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Chat(super::ChatArgs {
+                command: super::ChatCommand::Serve(a),
+            })) => a,
+            other => panic!("not chat serve: {other:?}"),
+        }
+    }
+
+    /// Switches take the values an environment file holds (1/0, yes/no, on/off), not only
+    /// true/false.
+    #[test]
+    fn boolean_switches_take_boolish_values() {
+        assert!(serve(&["--direct-writes", "1"]).direct_writes);
+        assert!(serve(&["--direct-writes", "yes"]).direct_writes);
+        assert!(!serve(&["--direct-writes", "0"]).direct_writes);
+        assert!(!serve(&["--reuse-port", "off"]).reuse_port);
+        assert!(serve(&[]).reuse_port);
+        assert!(
+            Cli::try_parse_from(["keel", "chat", "serve", "--direct-writes", "maybe"]).is_err()
+        );
+    }
 }
