@@ -903,10 +903,13 @@ impl<E: ChatEngine> Session<E> {
                     let Some(at) = self.unconfirmed_joins.iter().position(|c| *c == fold) else {
                         continue; // a JOIN of a channel the client knows it is on
                     };
-                    // Told FAIL, yet the store applied it: now the JOIN is announced.
-                    self.unconfirmed_joins.swap_remove(at);
+                    // Told FAIL, yet the store applied it: now the JOIN is announced (unless
+                    // the store cannot say so now: then the client is told to try again).
                     match self.shared.engine.channel(chan).await {
-                        Some(info) if info.member(self.id).is_some() => (info.name, info.topic),
+                        Some(info) if info.member(self.id).is_some() => {
+                            self.unconfirmed_joins.swap_remove(at);
+                            (info.name, info.topic)
+                        }
                         _ => {
                             self.temporarily_unavailable("JOIN");
                             continue;
