@@ -1,7 +1,9 @@
 -- Prelude shared by the scripts that meet compact jobs (prepended to them by the engine).
--- A job enqueued ready at once without a unique key lives, while it is queued or running, as
--- one field of its queue's `jobs` hash (one variadic HSET per batch, no key per job):
---   "*ID|created|priority|max_attempts|spec"   (also its ready list element)
+-- A job enqueued ready at once without a unique key lives, while it is queued or running, in a
+-- chunk: the jobs of one enqueue run share one hash and one ready list element (see below).
+-- (Before chunks, each was a field of its queue's `jobs` hash, still read:
+--   "*ID|created|priority|max_attempts|spec", also its ready list element.) Its record reads
+-- the same either way.
 -- It is running (attempt 1) while its member "ID|1" is in the `held` hash; the value there is
 -- its fetch batch's token "seq|started|worker" (see fetch.lua), so a fetch writes nothing into
 -- `jobs`. (Records written before batch leases may still read
@@ -30,12 +32,62 @@ local function parse_compact(rec, token)
     max = max, spec = spec, sa = sa, w = w }
 end
 
--- Moves the compact job `id` of queue `base` into its own hash; returns its fields, or nil
--- when the job is not compact (already in `job:ID`, or unknown). `token`: the batch token that
--- held its first attempt when the caller has already ended that lease; nil: looked up in `held`.
+-- Chunks (see enqueue.lua): the hash `ck:C` holds "h" = "created|priority|count", "b" = the
+-- records "max_attempts|spec" joined by newlines, "l" = how many of its jobs have neither
+-- succeeded nor left it, "r" = the retention (ms) it keeps once "l" is 0, and "s" (written at the
+-- first departure) = a byte per job, 'x' once the job moved into its own `job:ID` hash. The job
+-- of index i has the id C followed by i in 2 Crockford characters.
+local CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+
+-- The chunk key and index of a chunk job's id, or nil.
+local function chunk_of(base, id)
+  if #id ~= 26 then return nil end
+  local a = string.find(CROCKFORD, string.sub(id, 25, 25), 1, true)
+  local b = string.find(CROCKFORD, string.sub(id, 26, 26), 1, true)
+  if not a or not b then return nil end
+  return base .. 'ck:' .. string.sub(id, 1, 24), (a - 1) * 32 + (b - 1)
+end
+
+-- A job still in its chunk: its compact record "*ID|created|priority|max_attempts|spec", then
+-- the chunk key, the job's index, the chunk's count and state bytes; nil if it is not in one.
+local function chunk_record(base, id)
+  local ck, idx = chunk_of(base, id)
+  if not ck then return nil end
+  local f = redis.call('HMGET', ck, 'h', 'b', 's')
+  if not f[1] or not f[2] then return nil end
+  local created, p, n = string.match(f[1], '^(%d+)|(-?%d+)|(%d+)$')
+  n = tonumber(n)
+  if not n or idx >= n then return nil end
+  if f[3] and string.byte(f[3], idx + 1) == 120 then return nil end
+  local recs, pos = f[2], 1
+  for _ = 1, idx do
+    pos = string.find(recs, '\n', pos, true)
+    if not pos then return nil end
+    pos = pos + 1
+  end
+  local stop = string.find(recs, '\n', pos, true)
+  local rec = string.sub(recs, pos, stop and stop - 1 or -1)
+  return '*' .. id .. '|' .. created .. '|' .. p .. '|' .. rec, ck, idx, n, f[3]
+end
+
+-- `k` jobs of chunk `ck` succeeded or left it: once none is left, it is kept for its retention.
+local function chunk_settle(ck, k)
+  if redis.call('HINCRBY', ck, 'l', -k) <= 0 then
+    redis.call('PEXPIRE', ck, tonumber(redis.call('HGET', ck, 'r') or '0') or 0)
+  end
+end
+
+-- Moves the compact job `id` of queue `base` (a field of `jobs`, or a job still in its chunk)
+-- into its own hash; returns its fields, or nil when the job is not compact (already in
+-- `job:ID`, or unknown). `token`: the batch token that held its first attempt when the caller
+-- has already ended that lease; nil: looked up in `held`.
 local function materialize(base, id, token)
   local rec = redis.call('HGET', base .. 'jobs', id)
-  if not rec then return nil end
+  local ck, idx, n, states = nil, nil, nil, nil
+  if not rec then
+    rec, ck, idx, n, states = chunk_record(base, id)
+    if not rec then return nil end
+  end
   if not token and string.byte(rec, 1) == 42 then
     token = redis.call('HGET', base .. 'held', id .. '|1') or nil
   end
@@ -49,7 +101,13 @@ local function materialize(base, id, token)
     fields[#fields + 1] = j.w
   end
   redis.call('HSET', base .. 'job:' .. id, unpack(fields))
-  redis.call('HDEL', base .. 'jobs', id)
+  if ck then
+    states = states or string.rep('.', n)
+    redis.call('HSET', ck, 's', string.sub(states, 1, idx) .. 'x' .. string.sub(states, idx + 2))
+    chunk_settle(ck, 1)
+  else
+    redis.call('HDEL', base .. 'jobs', id)
+  end
   return j
 end
 

@@ -182,6 +182,37 @@ if nr > 0 then
   redis.call('LPUSH', base .. 'recent', unpack(recent))
   redis.call('LTRIM', base .. 'recent', 0, cap - 1)
 end
+-- Successes of jobs still in their chunk (not of those that left it): settle their chunks.
+if ok > 0 then
+  local bychunk = {}
+  for q = 1, ok do
+    local id = kept[q]
+    if #id == 26 then
+      local c = sub(id, 1, 24)
+      local list = bychunk[c]
+      if not list then
+        list = {}
+        bychunk[c] = list
+      end
+      list[#list + 1] = id
+    end
+  end
+  for c, list in pairs(bychunk) do
+    local ck = base .. 'ck:' .. c
+    local f = redis.call('HMGET', ck, 'h', 's')
+    if f[1] then
+      local k = #list
+      if f[2] then
+        k = 0
+        for _, id in ipairs(list) do
+          local _, idx = chunk_of(base, id)
+          if idx and byte(f[2], idx + 1) ~= 120 then k = k + 1 end
+        end
+      end
+      if k > 0 then chunk_settle(ck, k) end
+    end
+  end
+end
 if ok > 0 then
   -- One entry for the whole call: the expiry, then the ids (see forget_done).
   redis.call('RPUSH', base .. 'done', stamp .. table.concat(kept, ',', 1, ok))

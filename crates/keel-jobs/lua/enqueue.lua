@@ -2,15 +2,18 @@
 -- KEYS[1] = queue base "prefix:{q:NAME}:"
 -- ARGV[1] = number of jobs n (at most 1000; the caller sends at most 500), then runs of jobs in
 -- batch order, each a count c then its jobs:
---   c > 0: c compact jobs (ready at once, no unique key; one field of the `jobs` hash, see
---     compact.lua) of one priority: the priority, then per job 2 fields: id, body;
+--   c > 0: a chunk of c compact jobs (ready at once, no unique key, one priority; see
+--     compact.lua), 4 fields: the priority, the chunk id C (24 Crockford characters: its jobs'
+--     ids are C followed by their index in 2 characters), the retention in ms, and the records
+--     "max_attempts|spec" joined by newlines (a JSON spec holds no raw newline);
 --   c < 0: -c other jobs, 4 fields each: id, priority, opts, body
 --     with opts = "delay_ms|run_at_ms (-1 = none)|unique_key";
 --   body = "priority|max_attempts|spec (JSON)".
--- (Runs keep the batch's order and spare a compact job two arguments: each argument costs
--- Redis a string object and Lua an interned string.)
--- Ready list elements: "*ID|created|priority|max_attempts|spec" for compact jobs,
--- "id|attempt|created|enqueued|run_at|spec" for jobs in their own hash (see fetch.lua).
+-- (Runs keep the batch's order. A chunk costs Redis one hash and one ready list element, however
+-- many jobs it holds: no argument, string or field per job.)
+-- Ready list elements: "#C|lo|count|offset" for the jobs lo.. of a chunk still queued (offset:
+-- where job lo's record starts in the chunk's records), "id|attempt|created|enqueued|run_at|spec"
+-- for jobs in their own hash (see fetch.lua).
 -- Returns a flat array of the duplicates only: for each job whose unique key belongs to a live
 -- job, its position in the batch (from 1) and the live job's id.
 local base = KEYS[1]
@@ -21,11 +24,9 @@ local n = tonumber(ARGV[1])
 if not n or n > 1000 then return redis.error_reply('at most 1000 jobs per call') end
 local out = {}
 local ready = {}
-local recs, nrec = {}, 0
+local cq = {}
 local added = 0
 local i = 2
--- The middle of a compact element: created = now.
-local cmid = '|' .. snow .. '|'
 -- The middle of a hash job's element ready now: attempt 0, created = enqueued = run_at = now.
 local mid = '|0|' .. snow .. '|' .. snow .. '|' .. snow .. '|'
 -- The runs must add up to n jobs and end with the arguments: checked before any write.
@@ -36,8 +37,11 @@ do
     local c = tonumber(ARGV[a])
     if not c or c == 0 or c ~= math.floor(c) then return redis.error_reply('bad enqueue arguments') end
     if c > 0 then
-      if not tonumber(ARGV[a + 1] or '') then return redis.error_reply('bad enqueue arguments') end
-      a = a + 2 + c * 2
+      if c > 1024 or not tonumber(ARGV[a + 1] or '') or not tonumber(ARGV[a + 3] or '')
+          or not string.match(ARGV[a + 2] or '', '^[0-9A-Z]+$') or #ARGV[a + 2] ~= 24 then
+        return redis.error_reply('bad enqueue arguments')
+      end
+      a = a + 5
     else
       a = a + 1 - c * 4
     end
@@ -49,27 +53,22 @@ local j = 0
 while i <= nargs do
   local c = tonumber(ARGV[i])
   if c > 0 then
-    -- A run of compact jobs of one priority.
-    local p = ARGV[i + 1]
-    local last = i + 1 + c * 2
+    -- A chunk: its hash (header "created|priority|count", records, jobs left, retention) and one
+    -- ready list element.
+    local p, chunk = ARGV[i + 1], ARGV[i + 2]
     local list = ready[p]
     if not list then
       list = {}
       ready[p] = list
     end
-    local nl = #list
-    for a = i + 2, last, 2 do
-      local id = ARGV[a]
-      local e = '*' .. id .. cmid .. ARGV[a + 1]
-      nl = nl + 1
-      list[nl] = e
-      nrec = nrec + 2
-      recs[nrec - 1] = id
-      recs[nrec] = e
-    end
+    redis.call('HSET', base .. 'ck:' .. chunk, 'h', snow .. '|' .. p .. '|' .. c, 'b', ARGV[i + 4],
+      'l', c, 'r', ARGV[i + 3])
+    list[#list + 1] = '#' .. chunk .. '|0|' .. c .. '|0'
+    -- `cq`: per priority, the jobs queued in chunk elements beyond one per element (stats.lua).
+    if c > 1 then cq[p] = (cq[p] or 0) + c - 1 end
     added = added + c
     j = j + c
-    i = last + 1
+    i = i + 5
   else
     c = -c
     i = i + 1
@@ -140,10 +139,7 @@ while i <= nargs do
     end
   end
 end
--- (field, value) pairs, at most 1000 values per call.
-for s = 1, nrec, 1000 do
-  redis.call('HSET', base .. 'jobs', unpack(recs, s, math.min(s + 999, nrec)))
-end
+for p, k in pairs(cq) do redis.call('HINCRBY', base .. 'cq', p, k) end
 for p, elems in pairs(ready) do
   if #elems > 0 then
     redis.call('RPUSH', base .. 'ready:' .. p, unpack(elems))

@@ -60,22 +60,81 @@ local stale = tonumber(redis.call('GET', base .. 'stale') or '0')
 local dropped = 0
 local prios = redis.call('ZRANGE', base .. 'prios', 0, 15)
 local byte, match = string.byte, string.match
--- Stale elements are skipped; the budget bounds the pops.
 local budget = max * 2 + 100
+-- Stale elements are skipped; the budget bounds the elements looked at.
+local sub, find = string.sub, string.find
+local CROCK = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+local cq = 0
 for _, p in ipairs(prios) do
   if max <= 0 or budget <= 0 then break end
   local rkey = base .. 'ready:' .. p
   local drained = false
+  cq = 0
   while max > 0 and budget > 0 do
-    local elems = redis.call('LPOP', rkey, max)
-    if not elems then
+    -- Peek: a chunk element may be taken in part, and then it stays at the front.
+    local want = max
+    local elems = redis.call('LRANGE', rkey, 0, want - 1)
+    local ne = #elems
+    if ne == 0 then
       drained = true
       break
     end
-    budget = budget - #elems
-    local short = #elems < max
+    budget = budget - ne
+    local used, rest = 0, nil
     for _, e in ipairs(elems) do
-      if byte(e, 1) == 42 then -- '*': a compact job
+      if max <= 0 then break end
+      used = used + 1
+      local b1 = byte(e, 1)
+      if b1 == 35 then -- '#': jobs lo.. of a chunk (see enqueue.lua)
+        local chunk, lo, cnt, off = match(e, '^#([^|]+)|(%d+)|(%d+)|(%d+)$')
+        lo, cnt, off = tonumber(lo), tonumber(cnt), tonumber(off)
+        local f = chunk and redis.call('HMGET', base .. 'ck:' .. chunk, 'h', 'b', 's') or {}
+        if f[1] and f[2] then
+          local take = math.min(cnt, max)
+          local recs = f[2]
+          local stop = #recs
+          if take < cnt then
+            local pos = off + 1
+            for _ = 1, take do pos = (find(recs, '\n', pos, true) or stop) + 1 end
+            stop = pos - 2
+            rest = '#' .. chunk .. '|' .. (lo + take) .. '|' .. (cnt - take) .. '|' .. (pos - 1)
+            cq = cq - take
+          else
+            cq = cq - (cnt - 1)
+          end
+          -- `s`: a byte per job, 'x' once the job left the chunk (cancelled while queued).
+          local mask = f[3] and sub(f[3], lo + 1, lo + take) or ''
+          local got = 0
+          for idx = lo, lo + take - 1 do
+            if f[3] and byte(f[3], idx + 1) == 120 then
+              dropped = dropped + 1
+            else
+              if not token then token = redis.call('INCR', base .. 'bseq') .. tpost end
+              local hi = math.floor(idx / 32) + 1
+              local lw = idx % 32 + 1
+              local m = chunk .. sub(CROCK, hi, hi) .. sub(CROCK, lw, lw) .. '|1'
+              ni = ni + 1
+              members[ni] = m
+              held[ni * 2 + 1] = m
+              held[ni * 2 + 2] = token
+              got = got + 1
+            end
+          end
+          if got > 0 then
+            no = no + 1
+            if off == 0 and take == cnt then
+              out[no] = '#' .. chunk .. '|' .. lo .. '|' .. f[1] .. '|' .. mask .. '|' .. recs
+            else
+              out[no] = '#' .. chunk .. '|' .. lo .. '|' .. f[1] .. '|' .. mask .. '|'
+                .. sub(recs, off + 1, stop)
+            end
+            max = max - got
+          end
+        else
+          cq = cq - ((cnt or 1) - 1)
+          dropped = dropped + 1
+        end
+      elseif b1 == 42 then -- '*': a compact job of the `jobs` hash (written before chunks)
         local id = match(e, '^%*([^|]+)')
         if id and stale > 0 then
           local cur = redis.call('HGET', jobs, id)
@@ -125,13 +184,22 @@ for _, p in ipairs(prios) do
         end
       end
     end
-    if short then
-      drained = true
-      break
+    if rest then
+      -- The last element looked at was taken in part: its rest stays at the front.
+      if used > 1 then redis.call('LTRIM', rkey, used - 1, -1) end
+      redis.call('LSET', rkey, 0, rest)
+    else
+      redis.call('LTRIM', rkey, used, -1)
+      if ne < want and used == ne then
+        drained = true
+      end
     end
+    if drained then break end
   end
+  if cq ~= 0 then redis.call('HINCRBY', base .. 'cq', p, cq) end
   if drained and redis.call('LLEN', rkey) == 0 then
     redis.call('ZREM', base .. 'prios', p)
+    redis.call('HDEL', base .. 'cq', p)
   end
 end
 if dropped > 0 and stale > 0 then

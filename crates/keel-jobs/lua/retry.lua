@@ -1,4 +1,5 @@
 -- Replay a dead or cancelled job: fresh attempts, back in its ready list, no expiry.
+-- (Prepended with compact.lua.)
 -- KEYS[1] = queue base; ARGV = id
 -- Returns 'ok', 'missing', or the job's state (a conflict).
 local base = KEYS[1]
@@ -7,7 +8,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A success is recorded in `fin`; a compact job (see compact.lua) is queued or running (held).
 if redis.call('HEXISTS', base .. 'fin', id) == 1 then return 'succeeded' end
-local rec = redis.call('HGET', base .. 'jobs', id)
+local rec = redis.call('HGET', base .. 'jobs', id) or chunk_record(base, id)
 if rec then
   if string.byte(rec, 1) == 42 and redis.call('HEXISTS', base .. 'held', id .. '|1') == 0 then
     return 'queued'

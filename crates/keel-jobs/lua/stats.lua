@@ -6,6 +6,8 @@ local queued = 0
 for _, p in ipairs(redis.call('ZRANGE', base .. 'prios', 0, 15)) do
   queued = queued + redis.call('LLEN', base .. 'ready:' .. p)
 end
+-- Chunk elements hold several jobs each (see fetch.lua).
+for _, k in ipairs(redis.call('HVALS', base .. 'cq')) do queued = queued + tonumber(k) end
 local s = redis.call('HMGET', base .. 'stats', 'enqueued', 'succeeded', 'failed', 'dead')
 return {
   queued,

@@ -35,6 +35,54 @@ use crate::model::{
 /// Largest batch one script call handles; callers' batches are split.
 pub const MAX_BATCH: usize = 500;
 
+/// Most jobs in one chunk: a chunk job's index is 2 Crockford characters (see `lua/compact.lua`).
+const CHUNK_MAX: usize = 1024;
+
+/// The id of job `index` of chunk `chunk` (24 characters): the chunk id and the index in 2
+/// Crockford characters, so that the whole is a ULID.
+fn chunk_job_id(chunk: &str, index: usize) -> String {
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut id = String::with_capacity(26);
+    id.push_str(chunk);
+    id.push(CROCKFORD[(index >> 5) & 31] as char);
+    id.push(CROCKFORD[index & 31] as char);
+    id
+}
+
+/// A chunk's records as its argument (emptying `blob` for the next chunk).
+fn blob_string(blob: &mut Vec<u8>) -> EngineResult<String> {
+    String::from_utf8(std::mem::take(blob)).map_err(|e| EngineError::Invalid(e.to_string()))
+}
+
+/// The compact record `*id|created|priority|max_attempts|spec` of job `index` of a chunk, from
+/// the chunk's header `created|priority|count` and records (see `lua/compact.lua`).
+fn chunk_job_record(id: &str, header: &str, records: &str, index: usize) -> Option<String> {
+    let mut parts = header.splitn(3, '|');
+    let (created, priority) = (parts.next()?, parts.next()?);
+    let record = records.split('\n').nth(index)?;
+    Some(format!("*{id}|{created}|{priority}|{record}"))
+}
+
+/// The chunk and job indexes of a ready list element `#C|lo|count|offset`; None for others.
+fn chunk_element_ids(element: &str) -> Option<(&str, std::ops::Range<usize>)> {
+    let mut parts = element.strip_prefix('#')?.splitn(4, '|');
+    let chunk = parts.next()?;
+    let lo: usize = parts.next()?.parse().ok()?;
+    let count: usize = parts.next()?.parse().ok()?;
+    Some((chunk, lo..lo.saturating_add(count).min(CHUNK_MAX)))
+}
+
+/// The chunk id and index of a job id (any ULID parses; its chunk may not exist).
+fn chunk_index(id: &str) -> Option<(&str, usize)> {
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    if id.len() != 26 || !id.is_ascii() {
+        return None;
+    }
+    let digit = |b: u8| CROCKFORD.iter().position(|&c| c == b);
+    let bytes = id.as_bytes();
+    Some((&id[..24], digit(bytes[24])? * 32 + digit(bytes[25])?))
+}
+
 /// Largest ack batch one `complete.lua` call handles.
 pub const MAX_ACK_BATCH: usize = 1000;
 
@@ -89,7 +137,13 @@ impl Scripts {
                     include_str!("../lua/cancel.lua")
                 ),
             ),
-            retry: LuaScript::new("jobs_retry", include_str!("../lua/retry.lua")),
+            retry: LuaScript::new(
+                "jobs_retry",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/retry.lua")
+                ),
+            ),
             stats: LuaScript::new("jobs_stats", include_str!("../lua/stats.lua")),
             leader: LuaScript::new("jobs_leader", include_str!("../lua/leader.lua")),
             fire: LuaScript::new("jobs_fire", include_str!("../lua/fire.lua")),
@@ -237,30 +291,86 @@ impl RedisEngine {
             pipe.cmd("HGET").arg(&fin).arg(id);
             // A compact job runs its first attempt while "id|1" is held (see compact.lua).
             pipe.cmd("HGET").arg(&held).arg(format!("{id}|1"));
+            // Its chunk, if it has one: header and state bytes.
+            let chunk = chunk_index(id).map_or("", |(c, _)| c);
+            pipe.cmd("HMGET")
+                .arg(format!("{base}ck:{chunk}"))
+                .arg("h")
+                .arg("s");
         }
         let mut conn = self.conn();
         let values: Vec<redis::Value> = self
             .redis
             .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
             .await?;
-        if values.len() != ids.len() * 4 {
+        if values.len() != ids.len() * 5 {
             return Err(EngineError::Corrupt("short job read reply".into()));
         }
-        let mut out = Vec::with_capacity(ids.len());
+        // (id, its own hash, its `jobs` record, fin, held token, chunk header and states)
+        type Read = (
+            HashMap<String, String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            (Option<String>, Option<String>),
+        );
+        let mut reads: Vec<Read> = Vec::with_capacity(ids.len());
         let mut values = values.into_iter();
-        for id in ids {
-            let (Some(map), Some(record), Some(fin), Some(token)) =
-                (values.next(), values.next(), values.next(), values.next())
-            else {
-                break;
-            };
-            let map: HashMap<String, String> = from_value(map)?;
-            let record: Option<String> = from_value(record)?;
-            let fin: Option<String> = from_value(fin)?;
-            let token: Option<String> = from_value(token)?;
+        while let (Some(map), Some(record), Some(fin), Some(token), Some(chunk)) = (
+            values.next(),
+            values.next(),
+            values.next(),
+            values.next(),
+            values.next(),
+        ) {
+            reads.push((
+                from_value(map)?,
+                from_value(record)?,
+                from_value(fin)?,
+                from_value(token)?,
+                from_value(chunk)?,
+            ));
+        }
+        // The records of the chunks that still hold some of these jobs, each read once.
+        let mut wanted: Vec<&str> = Vec::new();
+        for (id, (map, record, _, _, (header, states))) in ids.iter().zip(&reads) {
+            if let (true, None, Some(_), Some((chunk, index))) =
+                (map.is_empty(), record, header, chunk_index(id))
+            {
+                let left = states.as_ref().map(|s| s.as_bytes().get(index)) != Some(Some(&b'x'));
+                if left && !wanted.contains(&chunk) {
+                    wanted.push(chunk);
+                }
+            }
+        }
+        let mut records: HashMap<&str, String> = HashMap::new();
+        if !wanted.is_empty() {
+            let mut pipe = redis::pipe();
+            for chunk in &wanted {
+                pipe.cmd("HGET").arg(format!("{base}ck:{chunk}")).arg("b");
+            }
+            let mut conn = self.conn();
+            let blobs: Vec<Option<String>> = self
+                .redis
+                .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
+                .await?;
+            for (chunk, blob) in wanted.iter().zip(blobs) {
+                if let Some(blob) = blob {
+                    records.insert(chunk, blob);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, (map, record, fin, token, (header, states))) in ids.iter().zip(reads) {
             let mut job = if !map.is_empty() {
                 decode_job(id, queue, &map)?
             } else if let Some(record) = record {
+                decode_compact(id, queue, &record, token.as_deref())?
+            } else if let Some(record) = chunk_index(id).and_then(|(chunk, index)| {
+                let left = states.as_ref().map(|s| s.as_bytes().get(index)) != Some(Some(&b'x'));
+                left.then(|| chunk_job_record(id, header.as_deref()?, records.get(chunk)?, index))
+                    .flatten()
+            }) {
                 decode_compact(id, queue, &record, token.as_deref())?
             } else {
                 continue;
@@ -286,6 +396,8 @@ impl RedisEngine {
             let base = self.base(name);
             pipe.cmd("EXISTS").arg(format!("{base}job:{id}"));
             pipe.cmd("HEXISTS").arg(format!("{base}jobs")).arg(id);
+            let chunk = chunk_index(id).map_or("", |(c, _)| c);
+            pipe.cmd("EXISTS").arg(format!("{base}ck:{chunk}"));
         }
         let mut conn = self.conn();
         let exists: Vec<i64> = self
@@ -294,7 +406,7 @@ impl RedisEngine {
             .await?;
         Ok(names
             .into_iter()
-            .zip(exists.chunks(2))
+            .zip(exists.chunks(3))
             .find(|(_, e)| e.contains(&1))
             .map(|(n, _)| n))
     }
@@ -321,55 +433,85 @@ impl RedisEngine {
         specs: impl ExactSizeIterator<Item = &JobSpec>,
     ) -> EngineResult<Vec<Enqueued>> {
         let n = specs.len();
-        let mut args = Vec::with_capacity(2 + n * 2);
+        let mut args = Vec::with_capacity(8);
         let mut out = Vec::with_capacity(n);
         args.push(n.to_string());
-        // Runs in batch order (see enqueue.lua): a count, then the run's jobs; a run of compact
-        // jobs (ready at once, no unique key) of one priority sends 2 arguments per job, other
-        // jobs 4. `run_at`: where the current run's count goes.
+        // Runs in batch order (see enqueue.lua): a count, then the run. A run of compact jobs
+        // (ready at once, no unique key) of one priority is a chunk: its priority, its id C (the
+        // jobs' ids are C and their index), the retention, and its records joined by newlines;
+        // other jobs send 4 arguments each. `run_at`: where the current run's count goes.
+        let retention = ms(self.config.retention).to_string();
         let mut run_at = 0;
         let mut run: Option<(bool, i32)> = None;
         let mut run_len: i64 = 0;
+        let mut chunk_id = String::new();
+        // The current chunk's records (its argument is filled in when the run ends).
+        let mut blob: Vec<u8> = Vec::new();
         for spec in specs {
-            // body = "priority|max_attempts|spec"; opts = "delay|run_at|unique_key".
-            let mut body = format!("{}|{}|", spec.priority, spec.max_attempts).into_bytes();
-            serde_json::to_writer(&mut body, &StoredSpecRef::from(spec))
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
-            let body = String::from_utf8(body).map_err(|e| EngineError::Invalid(e.to_string()))?;
             let compact = spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none();
             let key = (compact, if compact { spec.priority } else { 0 });
-            if run != Some(key) {
+            if run != Some(key) || (compact && run_len as usize >= CHUNK_MAX) {
                 if run.is_some() {
                     args[run_at] = run_count(key_of(run), run_len);
+                    if key_of(run) {
+                        args[run_at + 4] = blob_string(&mut blob)?;
+                    }
                 }
                 run = Some(key);
                 run_len = 0;
                 run_at = args.len();
                 args.push(String::new());
                 if compact {
+                    chunk_id = new_id();
+                    chunk_id.truncate(24);
                     args.push(spec.priority.to_string());
+                    args.push(chunk_id.clone());
+                    args.push(retention.clone());
+                    args.push(String::new());
                 }
             }
+            if compact {
+                // The record "max_attempts|spec", after a newline unless it is the first.
+                if run_len > 0 {
+                    blob.push(b'\n');
+                }
+                blob.extend_from_slice(spec.max_attempts.to_string().as_bytes());
+                blob.push(b'|');
+                serde_json::to_writer(&mut blob, &StoredSpecRef::from(spec))
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                out.push(Enqueued {
+                    id: chunk_job_id(&chunk_id, run_len as usize),
+                    duplicate: false,
+                });
+                run_len += 1;
+                continue;
+            }
             run_len += 1;
+            // body = "priority|max_attempts|spec"; opts = "delay|run_at|unique_key".
+            let mut body = format!("{}|{}|", spec.priority, spec.max_attempts).into_bytes();
+            serde_json::to_writer(&mut body, &StoredSpecRef::from(spec))
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let body = String::from_utf8(body).map_err(|e| EngineError::Invalid(e.to_string()))?;
             let id = new_id();
             args.push(id.clone());
             out.push(Enqueued {
                 id,
                 duplicate: false,
             });
-            if !compact {
-                args.push(spec.priority.to_string());
-                args.push(format!(
-                    "{}|{}|{}",
-                    spec.delay_ms,
-                    spec.run_at.unwrap_or(-1),
-                    spec.unique_key.as_deref().unwrap_or("")
-                ));
-            }
+            args.push(spec.priority.to_string());
+            args.push(format!(
+                "{}|{}|{}",
+                spec.delay_ms,
+                spec.run_at.unwrap_or(-1),
+                spec.unique_key.as_deref().unwrap_or("")
+            ));
             args.push(body);
         }
         if run.is_some() {
             args[run_at] = run_count(key_of(run), run_len);
+            if key_of(run) {
+                args[run_at + 4] = blob_string(&mut blob)?;
+            }
         }
         // Only duplicates come back: (position from 1, the live job's id).
         let duplicates: Vec<(usize, String)> = self
@@ -514,6 +656,63 @@ fn decode_fetched(queue: &str, worker: &str, started: i64, element: &str) -> Eng
         result: None,
         error: None,
     })
+}
+
+/// The jobs of a fetched piece of a chunk (see `lua/fetch.lua`), after its `#`:
+/// `C|lo|created|priority|count|mask|records`: the jobs lo.. of chunk C, whose records
+/// (`max_attempts|spec`) are joined by newlines; `mask`, when not empty, has a byte per job, `x`
+/// for a job not leased (it left the chunk).
+fn decode_piece(
+    queue: &str,
+    worker: &str,
+    started: i64,
+    piece: &str,
+    jobs: &mut Vec<Job>,
+) -> EngineResult<()> {
+    let corrupt = || EngineError::Corrupt(format!("fetched chunk piece {piece:.40}"));
+    let mut fields = piece.splitn(7, '|');
+    let mut next = || fields.next().ok_or_else(corrupt);
+    let (chunk, lo, created, _priority, _count, mask, records) = (
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+    );
+    let lo: usize = lo.parse().map_err(|_| corrupt())?;
+    let created = num(created);
+    let mask = mask.as_bytes();
+    for (i, record) in records.split('\n').enumerate() {
+        if mask.get(i) == Some(&b'x') {
+            continue;
+        }
+        let id = chunk_job_id(chunk, lo + i);
+        let (_max, spec) = record.split_once('|').ok_or_else(corrupt)?;
+        let spec = parse_spec(&id, spec)?;
+        jobs.push(Job {
+            id,
+            queue: queue.to_string(),
+            kind: spec.kind,
+            payload: spec.payload,
+            priority: spec.priority,
+            state: JobState::Running,
+            attempts: 1,
+            max_attempts: spec.max_attempts,
+            timeout_ms: spec.timeout_ms,
+            run_at: Some(created),
+            unique_key: spec.unique_key,
+            created_at: created,
+            enqueued_at: Some(created),
+            started_at: Some(started),
+            finished_at: None,
+            worker: Some(worker.to_string()),
+            result: None,
+            error: None,
+        });
+    }
+    Ok(())
 }
 
 /// A compact job's record in its queue's `jobs` hash (see `compact.lua`):
@@ -684,10 +883,15 @@ impl Engine for RedisEngine {
             return Ok(Vec::new());
         };
         let started = started.parse::<i64>().unwrap_or(0);
-        elements
-            .iter()
-            .map(|element| decode_fetched(queue, worker, started, element))
-            .collect()
+        let mut jobs = Vec::with_capacity(max);
+        for element in elements {
+            if let Some(piece) = element.strip_prefix('#') {
+                decode_piece(queue, worker, started, piece, &mut jobs)?;
+            } else {
+                jobs.push(decode_fetched(queue, worker, started, element)?);
+            }
+        }
+        Ok(jobs)
     }
 
     async fn heartbeat(
@@ -915,11 +1119,19 @@ impl Engine for RedisEngine {
                             let elements = self
                                 .range("LRANGE", format!("{base}ready:{p}"), limit)
                                 .await?;
-                            part.extend(
-                                elements
-                                    .iter()
-                                    .map(|element| element_id(element).to_string()),
-                            );
+                            for element in &elements {
+                                if part.len() >= limit {
+                                    break;
+                                }
+                                match chunk_element_ids(element) {
+                                    Some((chunk, range)) => part.extend(
+                                        range
+                                            .take(limit - part.len())
+                                            .map(|i| chunk_job_id(chunk, i)),
+                                    ),
+                                    None => part.push(element_id(element).to_string()),
+                                }
+                            }
                         }
                         part
                     }

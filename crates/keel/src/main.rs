@@ -10,6 +10,11 @@ mod limit_cmd;
 
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: the job worker and the bench allocate a few small
+/// buffers per job, and glibc's malloc took about 40 % of their CPU (docs/bench/jobs.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
