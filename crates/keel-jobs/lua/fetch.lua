@@ -1,8 +1,13 @@
 -- Lease up to ARGV[2] ready jobs of one queue to a worker, after promoting due delayed jobs.
 -- KEYS[1] = queue base; ARGV = worker, max (<= 1000), lease_ms, promote_limit
--- A ready list element carries what a fetch returns, so a fetch reads nothing per job:
---   compact jobs (see compact.lua): "*ID|created|priority|max_attempts|spec"; their record in
---     the `jobs` hash stays as it is (they run while they are held, see below);
+-- A ready list element carries (or points at) what a fetch returns, so a fetch reads nothing
+-- per job:
+--   chunks (see compact.lua): "#C|lo|count|offset", the jobs lo..lo+count-1 of chunk C still
+--     queued, whose records start at byte offset+1 of the chunk's "b" field. A fetch takes the
+--     element whole, or its first jobs and leaves the rest in its place (the list is peeked with
+--     LRANGE, then trimmed);
+--   compact jobs written before chunks: "*ID|created|priority|max_attempts|spec"; their record
+--     in the `jobs` hash stays as it is (they run while they are held, see below);
 --   jobs in their own hash: "id|attempt|created|enqueued|run_at|spec"; one HSET per job.
 -- An element is stale only after a cancel of a queued job, which bumps the queue's `stale`
 -- counter; while it is above zero, fetches check each job's state (and count the stale
@@ -14,7 +19,9 @@
 -- HMGET per call. `batch:TOKEN` lists the members for the reaper, `bcount` counts those still
 -- held (see compact.lua).
 -- Returns a flat array: started_at (= now), then the elements; a job now runs the element's
--- attempt + 1 (compact jobs: attempt 1).
+-- attempt + 1 (compact jobs: attempt 1). A chunk's jobs come as one element
+-- "#C|lo|created|priority|count|mask|records": the records of the jobs taken, joined by
+-- newlines; mask: '' or a byte per job taken, 'x' for one skipped (it left the chunk).
 local base = KEYS[1]
 local worker, max, lease, plimit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')

@@ -1,12 +1,15 @@
 //! The Redis engine: one Lua script per state transition, keys hash-tagged per queue.
 //!
 //! Layout under `prefix:{q:NAME}:` (one Redis Cluster slot per queue):
-//! `jobs` (hash: the record of every compact job, i.e. one enqueued ready at once without a
-//! unique key, while it is queued or running; see `lua/compact.lua`), `fin` (hash: the finish
+//! `ck:C` (hash per chunk: the compact jobs, i.e. enqueued ready at once without a unique key,
+//! of one enqueue run share it, with their records in one field and ids `C` + index; see
+//! `lua/compact.lua`; it expires after the retention once every job succeeded or left it),
+//! `cq` (hash priority → jobs queued in chunk elements beyond one per element), `jobs` (hash:
+//! compact jobs written before chunks), `fin` (hash: the finish
 //! time and result of every succeeded job still retained), `job:ID` (hash per job for the
 //! rare paths: delayed, unique, retrying, dead, cancelled, handed back, re-queued),
-//! `ready:P` (list per priority of elements carrying the whole job, so that a fetch reads no
-//! hash; `stale` counts elements a cancel left behind), `prios` (zset of non-empty priorities),
+//! `ready:P` (list per priority of elements: `#C|lo|count|offset` for the jobs of a chunk still
+//! queued, the whole job for others, so that a fetch reads one hash per chunk; `stale` counts elements a cancel left behind), `prios` (zset of non-empty priorities),
 //! `scheduled` (zset by run-at), leases per fetch batch (`held`: hash `id|attempt` → batch
 //! token, `leases`: zset of tokens by expiry, `batch:TOKEN`: list of the batch's members for the
 //! reaper, `bcount`: hash token → members still held, `bseq`: token counter; `inflight`, a zset

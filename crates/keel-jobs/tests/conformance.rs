@@ -493,6 +493,82 @@ async fn release_hands_back_without_counting(e: Arc<dyn Engine>) {
     assert_eq!(again.attempts, 1);
 }
 
+/// One enqueue call fetched in parts (the Redis engine stores it as one chunk): depths, listing,
+/// states, a cancel in the middle and a failure all behave as for jobs enqueued one by one.
+async fn a_batch_fetched_in_parts(e: Arc<dyn Engine>) {
+    let ids: Vec<String> = e
+        .enqueue((0..10).map(|_| spec("parts")).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let depth = |e: Arc<dyn Engine>| async move {
+        let stats = e.queues().await.unwrap();
+        let q = stats.iter().find(|s| s.name == "parts").unwrap().clone();
+        (q.queued, q.running, q.succeeded_total)
+    };
+    assert_eq!(depth(e.clone()).await, (10, 0, 0));
+    let first = e.fetch("parts", "w", 4, LEASE).await.unwrap();
+    let got: Vec<String> = first.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(got, ids[..4].to_vec(), "FIFO, the first four");
+    assert_eq!(depth(e.clone()).await, (6, 4, 0));
+    let queued: Vec<String> = e
+        .list(&ListFilter {
+            queue: Some("parts".into()),
+            state: Some(JobState::Queued),
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(queued, ids[4..].to_vec());
+    let waiting = e.get(&ids[5]).await.unwrap().unwrap();
+    assert_eq!((waiting.state, waiting.attempts), (JobState::Queued, 0));
+    let running = e.get(&ids[2]).await.unwrap().unwrap();
+    assert_eq!(
+        (running.state, running.worker.as_deref()),
+        (JobState::Running, Some("w"))
+    );
+    assert_eq!(e.cancel(&ids[5]).await.unwrap(), Some(JobState::Cancelled));
+    let rest = e.fetch("parts", "w2", 100, LEASE).await.unwrap();
+    let got: Vec<String> = rest.iter().map(|j| j.id.clone()).collect();
+    let mut expected = vec![ids[4].clone()];
+    expected.extend_from_slice(&ids[6..]);
+    assert_eq!(got, expected, "the cancelled job is skipped");
+    // One failure (retried at once), the rest succeed.
+    let failed = Completion {
+        lease: lease(&first[0]),
+        outcome: Outcome::Failed {
+            error: "boom".into(),
+            backoff: Duration::ZERO,
+        },
+    };
+    let mut acks = vec![failed];
+    acks.extend(first[1..].iter().chain(&rest).map(ok));
+    assert_eq!(e.complete("parts", &acks).await.unwrap(), 9);
+    assert_eq!(depth(e.clone()).await.2, 8);
+    let retried = e.fetch("parts", "w", 10, LEASE).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0].id.as_str(), retried[0].attempts),
+        (ids[0].as_str(), 2)
+    );
+    assert_eq!(e.complete("parts", &[ok(&retried[0])]).await.unwrap(), 1);
+    for (i, id) in ids.iter().enumerate() {
+        let job = e.get(id).await.unwrap().unwrap();
+        let want = if i == 5 {
+            JobState::Cancelled
+        } else {
+            JobState::Succeeded
+        };
+        assert_eq!(job.state, want, "job {i}");
+    }
+    assert_eq!(depth(e.clone()).await, (0, 0, 9));
+}
+
 async fn big_batches_lose_nothing(e: Arc<dyn Engine>) {
     let specs: Vec<_> = (0..2500).map(|_| spec("big")).collect();
     let ids = e.enqueue(specs).await.unwrap();
@@ -825,6 +901,7 @@ conformance!(
     unique_keys,
     release_hands_back_without_counting,
     big_batches_lose_nothing,
+    a_batch_fetched_in_parts,
     finished_jobs_expire with short_retention(),
     finished_batches_expire_in_bounded_steps with short_retention(),
     concurrency_limit,
@@ -892,4 +969,46 @@ async fn redis_batch_keys_are_forgotten() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(e.reap("bk", 100).await.unwrap(), 2);
     assert_eq!(leftovers().await, (0, 0, 0, 0));
+}
+
+/// Redis only: a chunk (one enqueue call's compact jobs) is kept while any of its jobs is
+/// unfinished, and expires after the retention once every job succeeded or left it.
+#[tokio::test]
+async fn redis_settled_chunks_expire() {
+    use keel_redis::redis;
+    let fixture = redis(EngineConfig::default()).await;
+    let e = fixture.engine.clone();
+    let url = fixture._server.as_ref().unwrap().url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ids = e
+        .enqueue((0..3).map(|_| spec("ck")).collect())
+        .await
+        .unwrap();
+    let key = format!("keel:{{q:ck}}:ck:{}", &ids[0].id[..24]);
+    let ttl = |mut conn: redis::aio::MultiplexedConnection, key: String| async move {
+        let t: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        t
+    };
+    assert_eq!(
+        ttl(conn.clone(), key.clone()).await,
+        -1,
+        "kept while queued"
+    );
+    let jobs = e.fetch("ck", "w", 10, LEASE).await.unwrap();
+    e.cancel(&jobs[1].id).await.unwrap();
+    assert_eq!(e.complete("ck", &[ok(&jobs[0])]).await.unwrap(), 1);
+    assert_eq!(
+        ttl(conn.clone(), key.clone()).await,
+        -1,
+        "kept while one runs"
+    );
+    assert_eq!(e.complete("ck", &[ok(&jobs[2])]).await.unwrap(), 1);
+    let left = ttl(conn.clone(), key.clone()).await;
+    assert!(left > 0 && left <= 24 * 3600 * 1000, "expires: {left}");
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
