@@ -6,7 +6,9 @@ local base = KEYS[1]
 local id, retention, cap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('HEXISTS', base .. 'fin', id) == 1 then return 'succeeded' end
+if redis.call('HEXISTS', base .. 'fin', id) == 1 or chunk_succeeded(base, id) then
+  return 'succeeded'
+end
 materialize(base, id)
 local key = base .. 'job:' .. id
 local f = redis.call('HMGET', key, 'st', 'uk', 'att')

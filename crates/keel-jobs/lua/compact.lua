@@ -35,8 +35,10 @@ end
 -- Chunks (see enqueue.lua): the hash `ck:C` holds "h" = "created|priority|count", "b" = the
 -- records "max_attempts|spec" joined by newlines, "l" = how many of its jobs have neither
 -- succeeded nor left it, "r" = the retention (ms) it keeps once "l" is 0, and "s" (written at the
--- first departure) = a byte per job, 'x' once the job moved into its own `job:ID` hash. The job
--- of index i has the id C followed by i in 2 Crockford characters.
+-- first departure or success) = a byte per job: '.' queued or running, 'x' once the job moved
+-- into its own `job:ID` hash, 128 + k once it succeeded as told by the event "e<k>", 'f' once it
+-- succeeded as told by `fin` (see complete.lua); "E" counts the events. The job of index i has
+-- the id C followed by i in 2 Crockford characters.
 local CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 
 -- The chunk key and index of a chunk job's id, or nil.
@@ -48,7 +50,7 @@ local function chunk_of(base, id)
   return base .. 'ck:' .. string.sub(id, 1, 24), (a - 1) * 32 + (b - 1)
 end
 
--- A job still in its chunk: its compact record "*ID|created|priority|max_attempts|spec", then
+-- A job still in its chunk (not finished, not moved out): its compact record "*ID|created|priority|max_attempts|spec", then
 -- the chunk key, the job's index, the chunk's count and state bytes; nil if it is not in one.
 local function chunk_record(base, id)
   local ck, idx = chunk_of(base, id)
@@ -58,7 +60,7 @@ local function chunk_record(base, id)
   local created, p, n = string.match(f[1], '^(%d+)|(-?%d+)|(%d+)$')
   n = tonumber(n)
   if not n or idx >= n then return nil end
-  if f[3] and string.byte(f[3], idx + 1) == 120 then return nil end
+  if f[3] and string.byte(f[3], idx + 1) ~= 46 then return nil end
   local recs, pos = f[2], 1
   for _ = 1, idx do
     pos = string.find(recs, '\n', pos, true)
@@ -68,6 +70,16 @@ local function chunk_record(base, id)
   local stop = string.find(recs, '\n', pos, true)
   local rec = string.sub(recs, pos, stop and stop - 1 or -1)
   return '*' .. id .. '|' .. created .. '|' .. p .. '|' .. rec, ck, idx, n, f[3]
+end
+
+-- True when a job of a chunk succeeded there (its state byte, see complete.lua).
+local function chunk_succeeded(base, id)
+  local ck, idx = chunk_of(base, id)
+  if not ck then return false end
+  local s = redis.call('HGET', ck, 's')
+  if not s then return false end
+  local b = string.byte(s, idx + 1)
+  return b ~= nil and (b >= 128 or b == 102)
 end
 
 -- `k` jobs of chunk `ck` succeeded or left it: once none is left, it is kept for its retention.

@@ -9,7 +9,8 @@
 --     remain), "x" .. error (failed, no retry).
 -- (A plain success costs one argument: each costs Redis a string object and Lua a string.)
 -- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
--- its own hash; `fin` wins over any recorded state), and each call appends one entry
+-- its own hash; `fin` wins over any recorded state), or, for a plain success of a job still in
+-- its chunk, into the chunk (see below); each call appends one entry
 -- "expiry(13 digits)" .. "id,id,..." of its successes to the queue's time-ordered `done` list;
 -- expired ids are forgotten here and by reap in bounded steps. A failure first moves a compact job into its own hash.
 -- Returns the number of acks applied.
@@ -127,13 +128,33 @@ local fin, kept, recent, heads = {}, {}, {}, {}
 local nf, ok, nr = 0, 0, 0
 local failed, dead, applied = 0, 0, 0
 local byte, sub = string.byte, string.sub
+-- Successes of jobs still in their chunk are recorded in the chunk (see compact.lua): a state
+-- byte per job, 128 + k for a plain success told by the chunk's event "e<k>" (one per batch
+-- token, "finished|@started|#worker|worker"), 'f' for one recorded in `fin` (a result, or a
+-- chunk past 128 events). `chunks`: per chunk id, what this call read and changes (false: none).
+local chunks = {}
+local function chunk_for(id)
+  local c = sub(id, 1, 24)
+  local ch = chunks[c]
+  if ch == nil then
+    local ck = base .. 'ck:' .. c
+    local f = redis.call('HMGET', ck, 'h', 's', 'E')
+    local n = f[1] and tonumber(string.match(f[1], '|(%d+)$'))
+    if n then
+      ch = { ck = ck, n = n, s = f[2], e = tonumber(f[3] or '0') or 0, ev = {}, new = {},
+        set = {}, settled = 0 }
+    else
+      ch = false
+    end
+    chunks[c] = ch
+  end
+  return ch
+end
 for j = 1, k do
   if held[j] then
     applied = applied + 1
     local id, c = ids[j], codes[j]
     if byte(c, 1) == 111 then -- 'o'
-      nf = nf + 2
-      fin[nf - 1] = id
       -- A compact job's record does not say when and where it ran (its batch token did):
       -- "finished|@started|#worker|worker[|result]", the prefix built once per batch.
       local token, head = held[j], snow
@@ -145,7 +166,37 @@ for j = 1, k do
           heads[token] = head
         end
       end
-      if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
+      -- Still in its chunk (its state byte '.')?
+      local ch, idx = nil, nil
+      if #id == 26 then
+        ch = chunk_for(id)
+        if ch then
+          local _, i = chunk_of(base, id)
+          if i and i < ch.n and not ch.set[i + 1] and (not ch.s or byte(ch.s, i + 1) == 46) then
+            idx = i
+          end
+        end
+      end
+      local ev = nil
+      if idx then
+        ch.settled = ch.settled + 1
+        if #c == 1 then
+          ev = ch.ev[head]
+          if not ev and ch.e < 128 then
+            ev = ch.e
+            ch.e = ev + 1
+            ch.ev[head] = ev
+            ch.new[#ch.new + 1] = 'e' .. ev
+            ch.new[#ch.new + 1] = head
+          end
+        end
+        ch.set[idx + 1] = ev and 128 + ev or 102 -- 'f'
+      end
+      if not ev then
+        nf = nf + 2
+        fin[nf - 1] = id
+        if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
+      end
       ok = ok + 1
       kept[ok] = id
       if uniq then release_unique(redis.call('HGET', jobp .. id, 'uk'), id) end
@@ -182,35 +233,15 @@ if nr > 0 then
   redis.call('LPUSH', base .. 'recent', unpack(recent))
   redis.call('LTRIM', base .. 'recent', 0, cap - 1)
 end
--- Successes of jobs still in their chunk (not of those that left it): settle their chunks.
-if ok > 0 then
-  local bychunk = {}
-  for q = 1, ok do
-    local id = kept[q]
-    if #id == 26 then
-      local c = sub(id, 1, 24)
-      local list = bychunk[c]
-      if not list then
-        list = {}
-        bychunk[c] = list
-      end
-      list[#list + 1] = id
-    end
-  end
-  for c, list in pairs(bychunk) do
-    local ck = base .. 'ck:' .. c
-    local f = redis.call('HMGET', ck, 'h', 's')
-    if f[1] then
-      local k = #list
-      if f[2] then
-        k = 0
-        for _, id in ipairs(list) do
-          local _, idx = chunk_of(base, id)
-          if idx and byte(f[2], idx + 1) ~= 120 then k = k + 1 end
-        end
-      end
-      if k > 0 then chunk_settle(ck, k) end
-    end
+-- The chunks' new state bytes and events, then their settling.
+for _, ch in pairs(chunks) do
+  if ch and ch.settled > 0 then
+    -- (Read again: a failure in this call may have moved a job out of the chunk since.)
+    local cur = redis.call('HGET', ch.ck, 's') or string.rep('.', ch.n)
+    local bytes = { byte(cur, 1, ch.n) }
+    for i, v in pairs(ch.set) do bytes[i] = v end
+    redis.call('HSET', ch.ck, 's', string.char(unpack(bytes, 1, ch.n)), 'E', ch.e, unpack(ch.new))
+    chunk_settle(ch.ck, ch.settled)
   end
 end
 if ok > 0 then

@@ -7,7 +7,9 @@ local id = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- A success is recorded in `fin`; a compact job (see compact.lua) is queued or running (held).
-if redis.call('HEXISTS', base .. 'fin', id) == 1 then return 'succeeded' end
+if redis.call('HEXISTS', base .. 'fin', id) == 1 or chunk_succeeded(base, id) then
+  return 'succeeded'
+end
 local rec = redis.call('HGET', base .. 'jobs', id) or chunk_record(base, id)
 if rec then
   if string.byte(rec, 1) == 42 and redis.call('HEXISTS', base .. 'held', id .. '|1') == 0 then

@@ -315,7 +315,7 @@ impl RedisEngine {
             Option<String>,
             Option<String>,
             Option<String>,
-            (Option<String>, Option<String>),
+            (Option<String>, Option<Vec<u8>>),
         );
         let mut reads: Vec<Read> = Vec::with_capacity(ids.len());
         let mut values = values.into_iter();
@@ -340,26 +340,59 @@ impl RedisEngine {
             if let (true, None, Some(_), Some((chunk, index))) =
                 (map.is_empty(), record, header, chunk_index(id))
             {
-                let left = states.as_ref().map(|s| s.as_bytes().get(index)) != Some(Some(&b'x'));
+                let left = states.as_ref().map(|s| s.get(index)) != Some(Some(&b'x'));
                 if left && !wanted.contains(&chunk) {
                     wanted.push(chunk);
                 }
             }
         }
+        // And the events that tell the successes recorded in their chunk (state byte 128 + k,
+        // see `lua/complete.lua`).
+        let event_of = |id: &str, states: &Option<Vec<u8>>| -> Option<u8> {
+            let (_, index) = chunk_index(id)?;
+            let byte = *states.as_ref()?.get(index)?;
+            (byte >= 128).then(|| byte - 128)
+        };
+        let mut wanted_events: Vec<(&str, u8)> = Vec::new();
+        for (id, (map, record, fin, _, (_, states))) in ids.iter().zip(&reads) {
+            if let (true, None, None, Some(k), Some((chunk, _))) = (
+                map.is_empty(),
+                record,
+                fin,
+                event_of(id, states),
+                chunk_index(id),
+            ) {
+                if !wanted_events.contains(&(chunk, k)) {
+                    wanted_events.push((chunk, k));
+                }
+            }
+        }
         let mut records: HashMap<&str, String> = HashMap::new();
-        if !wanted.is_empty() {
+        let mut events: HashMap<(&str, u8), String> = HashMap::new();
+        if !wanted.is_empty() || !wanted_events.is_empty() {
             let mut pipe = redis::pipe();
             for chunk in &wanted {
                 pipe.cmd("HGET").arg(format!("{base}ck:{chunk}")).arg("b");
             }
+            for (chunk, k) in &wanted_events {
+                pipe.cmd("HGET")
+                    .arg(format!("{base}ck:{chunk}"))
+                    .arg(format!("e{k}"));
+            }
             let mut conn = self.conn();
-            let blobs: Vec<Option<String>> = self
+            let values: Vec<Option<String>> = self
                 .redis
                 .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
                 .await?;
-            for (chunk, blob) in wanted.iter().zip(blobs) {
-                if let Some(blob) = blob {
+            let mut values = values.into_iter();
+            for chunk in &wanted {
+                if let Some(Some(blob)) = values.next() {
                     records.insert(chunk, blob);
+                }
+            }
+            for key in &wanted_events {
+                if let Some(Some(event)) = values.next() {
+                    events.insert(*key, event);
                 }
             }
         }
@@ -370,7 +403,7 @@ impl RedisEngine {
             } else if let Some(record) = record {
                 decode_compact(id, queue, &record, token.as_deref())?
             } else if let Some(record) = chunk_index(id).and_then(|(chunk, index)| {
-                let left = states.as_ref().map(|s| s.as_bytes().get(index)) != Some(Some(&b'x'));
+                let left = states.as_ref().map(|s| s.get(index)) != Some(Some(&b'x'));
                 left.then(|| chunk_job_record(id, header.as_deref()?, records.get(chunk)?, index))
                     .flatten()
             }) {
@@ -378,8 +411,12 @@ impl RedisEngine {
             } else {
                 continue;
             };
-            if let Some(fin) = fin {
-                apply_fin(&mut job, &fin);
+            let event = || {
+                let k = event_of(id, &states)?;
+                events.get(&(chunk_index(id)?.0, k))
+            };
+            if let Some(fin) = fin.as_ref().or_else(event) {
+                apply_fin(&mut job, fin);
             }
             out.push(job);
         }

@@ -547,8 +547,27 @@ async fn a_batch_fetched_in_parts(e: Arc<dyn Engine>) {
         },
     };
     let mut acks = vec![failed];
-    acks.extend(first[1..].iter().chain(&rest).map(ok));
+    acks.extend(first[1..].iter().map(ok));
+    // Plain successes (no result): the common case.
+    acks.extend(rest.iter().map(|j| Completion {
+        lease: lease(j),
+        outcome: Outcome::Succeeded(None),
+    }));
     assert_eq!(e.complete("parts", &acks).await.unwrap(), 9);
+    assert_eq!(
+        e.complete("parts", &acks[1..]).await.unwrap(),
+        0,
+        "acked once"
+    );
+    let plain = e.get(&ids[7]).await.unwrap().unwrap();
+    assert_eq!(
+        (plain.state, plain.worker.as_deref(), plain.result),
+        (JobState::Succeeded, Some("w2"), None)
+    );
+    assert!(plain.finished_at.is_some() && plain.started_at.is_some());
+    assert_eq!(e.cancel(&ids[7]).await.map_err(|_| ()), Err(()), "finished");
+    let with_result = e.get(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(with_result.result, Some(json!({"ok": true})));
     assert_eq!(depth(e.clone()).await.2, 8);
     let retried = e.fetch("parts", "w", 10, LEASE).await.unwrap();
     assert_eq!(retried.len(), 1);
