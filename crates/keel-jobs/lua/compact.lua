@@ -39,7 +39,78 @@ end
 -- into its own `job:ID` hash, 128 + k once it succeeded as told by the event "e<k>", 'f' once it
 -- succeeded as told by `fin` (see complete.lua); "E" counts the events. The job of index i has
 -- the id C followed by i in 2 Crockford characters.
+-- Leases are held per fetch batch (see fetch.lua): `held` maps "id|attempt" to the token of
+-- the batch that leased it, `leases` scores each token by its expiry, `batch:TOKEN` lists the
+-- batch's members for the reaper and `bcount` counts the members of each batch still held.
+-- Called when `k` members of batch `token` stop being held (acked, cancelled, handed back,
+-- reaped): the last one forgets the batch.
+local function leave_batch(base, token, k)
+  if redis.call('HINCRBY', base .. 'bcount', token, -k) <= 0 then
+    redis.call('HDEL', base .. 'bcount', token)
+    redis.call('ZREM', base .. 'leases', token)
+    redis.call('UNLINK', base .. 'batch:' .. token)
+  end
+end
+
 local CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
+
+-- Chunk jobs are leased per piece (see fetch.lua): the `pieces` hash maps a chunk id C to its
+-- live pieces, each "lo,count,#token,token" (the jobs lo..lo+count-1, leased together by the
+-- batch `token`), run together. A job of a live piece runs (attempt 1) while its state byte is
+-- '.'. The batch's member list holds "#C|lo" for the reaper; a piece counts as one member in
+-- `bcount`, and leaves its batch once none of its jobs runs. The `stats` field `crun` counts
+-- the chunk jobs running.
+
+-- The live pieces of chunk C: a list of { lo, count, token }.
+local function pieces_of(base, c)
+  local out = {}
+  local v = redis.call('HGET', base .. 'pieces', c)
+  if not v then return out end
+  local pos = 1
+  while pos <= #v do
+    local lo, cnt, len, at = string.match(v, '^(%d+),(%d+),(%d+),()', pos)
+    if not lo then break end
+    len = tonumber(len)
+    out[#out + 1] = { tonumber(lo), tonumber(cnt), string.sub(v, at, at + len - 1) }
+    pos = at + len
+  end
+  return out
+end
+
+-- One piece as stored in `pieces`.
+local function piece_entry(lo, cnt, token)
+  return lo .. ',' .. cnt .. ',' .. #token .. ',' .. token
+end
+
+-- The token of the live piece holding index idx, or nil.
+local function piece_token(pieces, idx)
+  for _, pc in ipairs(pieces) do
+    if idx >= pc[1] and idx < pc[1] + pc[2] then return pc[3] end
+  end
+  return nil
+end
+
+-- Forgets the live pieces of chunk C none of whose jobs runs any more (no state byte '.' in
+-- their range; `states`: the chunk's state bytes, read when nil): each leaves its batch.
+local function pieces_settle(base, c, states)
+  local pieces = pieces_of(base, c)
+  if #pieces == 0 then return end
+  if states == nil then states = redis.call('HGET', base .. 'ck:' .. c, 's') end
+  if not states then return end
+  local keep = {}
+  for _, pc in ipairs(pieces) do
+    if string.find(string.sub(states, pc[1] + 1, pc[1] + pc[2]), '.', 1, true) then
+      keep[#keep + 1] = piece_entry(pc[1], pc[2], pc[3])
+    else
+      leave_batch(base, pc[3], 1)
+    end
+  end
+  if #keep == 0 then
+    redis.call('HDEL', base .. 'pieces', c)
+  elseif #keep < #pieces then
+    redis.call('HSET', base .. 'pieces', c, table.concat(keep))
+  end
+end
 
 -- The chunk key and index of a chunk job's id, or nil.
 local function chunk_of(base, id)
@@ -48,6 +119,17 @@ local function chunk_of(base, id)
   local b = string.find(CROCKFORD, string.sub(id, 26, 26), 1, true)
   if not a or not b then return nil end
   return base .. 'ck:' .. string.sub(id, 1, 24), (a - 1) * 32 + (b - 1)
+end
+
+-- The batch token of a chunk job running in a live piece (its state byte '.'), or nil.
+local function chunk_lease(base, id)
+  local ck, idx = chunk_of(base, id)
+  if not ck then return nil end
+  local token = piece_token(pieces_of(base, string.sub(id, 1, 24)), idx)
+  if not token then return nil end
+  local s = redis.call('HGET', ck, 's')
+  if s and string.byte(s, idx + 1) ~= 46 then return nil end
+  return token
 end
 
 -- A job still in its chunk (not finished, not moved out): its compact record "*ID|created|priority|max_attempts|spec", then
@@ -92,7 +174,8 @@ end
 -- Moves the compact job `id` of queue `base` (a field of `jobs`, or a job still in its chunk)
 -- into its own hash; returns its fields, or nil when the job is not compact (already in
 -- `job:ID`, or unknown). `token`: the batch token that held its first attempt when the caller
--- has already ended that lease; nil: looked up in `held`.
+-- has already ended that lease (or, for a chunk job, is ending it now); nil: looked up in
+-- `held`, or in the chunk's pieces.
 local function materialize(base, id, token)
   local rec = redis.call('HGET', base .. 'jobs', id)
   local ck, idx, n, states = nil, nil, nil, nil
@@ -100,7 +183,9 @@ local function materialize(base, id, token)
     rec, ck, idx, n, states = chunk_record(base, id)
     if not rec then return nil end
   end
-  if not token and string.byte(rec, 1) == 42 then
+  if not token and ck then
+    token = chunk_lease(base, id)
+  elseif not token and string.byte(rec, 1) == 42 then
     token = redis.call('HGET', base .. 'held', id .. '|1') or nil
   end
   local j = parse_compact(rec, token)
@@ -115,8 +200,14 @@ local function materialize(base, id, token)
   redis.call('HSET', base .. 'job:' .. id, unpack(fields))
   if ck then
     states = states or string.rep('.', n)
-    redis.call('HSET', ck, 's', string.sub(states, 1, idx) .. 'x' .. string.sub(states, idx + 2))
+    states = string.sub(states, 1, idx) .. 'x' .. string.sub(states, idx + 2)
+    redis.call('HSET', ck, 's', states)
     chunk_settle(ck, 1)
+    if token then
+      -- It ran in a piece: no longer.
+      redis.call('HINCRBY', base .. 'stats', 'crun', -1)
+      pieces_settle(base, string.sub(id, 1, 24), states)
+    end
   else
     redis.call('HDEL', base .. 'jobs', id)
   end
@@ -159,19 +250,6 @@ local function forget_done(base, now, step)
   redis.call('HDEL', base .. 'jobs', unpack(ids))
   redis.call('HDEL', base .. 'fin', unpack(ids))
   return n
-end
-
--- Leases are held per fetch batch (see fetch.lua): `held` maps "id|attempt" to the token of
--- the batch that leased it, `leases` scores each token by its expiry, `batch:TOKEN` lists the
--- batch's members for the reaper and `bcount` counts the members of each batch still held.
--- Called when `k` members of batch `token` stop being held (acked, cancelled, handed back,
--- reaped): the last one forgets the batch.
-local function leave_batch(base, token, k)
-  if redis.call('HINCRBY', base .. 'bcount', token, -k) <= 0 then
-    redis.call('HDEL', base .. 'bcount', token)
-    redis.call('ZREM', base .. 'leases', token)
-    redis.call('UNLINK', base .. 'batch:' .. token)
-  end
 end
 
 -- Ends the lease of `member` ("id|attempt") if it is held: returns the batch token that held

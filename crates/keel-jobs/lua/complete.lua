@@ -68,7 +68,43 @@ for j = 1, k do
     members[j], ids[j] = '|', ''
   end
 end
-local held = redis.call('HMGET', base .. 'held', unpack(members))
+-- Jobs of chunk pieces (see compact.lua) hold the lease of their piece: checked per chunk, with
+-- one read of its pieces and state bytes (`inpiece[j]`). The others: one HMGET of `held`.
+local byte, sub = string.byte, string.sub
+local held, inpiece, claimed = {}, {}, {}
+local pcache = {}
+local rest, restj, nrest = {}, {}, 0
+for j = 1, k do
+  local id, token = ids[j], nil
+  if #id == 26 and #members[j] == 28 and byte(members[j], 28) == 49 then -- "id|1"
+    local c = sub(id, 1, 24)
+    local pc = pcache[c]
+    if pc == nil then
+      local pieces = pieces_of(base, c)
+      pc = false
+      if #pieces > 0 then pc = { pieces, redis.call('HGET', base .. 'ck:' .. c, 's') } end
+      pcache[c] = pc
+    end
+    if pc then
+      local _, idx = chunk_of(base, id)
+      if idx then token = piece_token(pc[1], idx) end
+      if token and pc[2] and byte(pc[2], idx + 1) ~= 46 then token = nil end
+      -- (An attempt acked twice in one call: only its first ack counts.)
+      if token and claimed[id] then token = nil end
+    end
+  end
+  if token then
+    held[j], inpiece[j], claimed[id] = token, true, true
+  else
+    nrest = nrest + 1
+    rest[nrest], restj[nrest] = members[j], j
+    held[j] = false
+  end
+end
+if nrest > 0 then
+  local h = redis.call('HMGET', base .. 'held', unpack(rest, 1, nrest))
+  for q = 1, nrest do held[restj[q]] = h[q] end
+end
 -- The members held, and their batches as runs of (token, count) (an ack batch holds the jobs
 -- of few fetch batches, mostly in order). Leases written before batch leases live in the
 -- `inflight` zset (looked at only when a member is not held and that zset exists): '' marks them.
@@ -77,7 +113,9 @@ local nd, nruns, last, cnt = 0, 0, nil, 0
 local legacy = nil
 for j = 1, k do
   local token = held[j]
-  if token then
+  if inpiece[j] then
+    -- (Its piece leaves its batch once none of its jobs runs, below.)
+  elseif token then
     nd = nd + 1
     done[nd] = members[j]
     if token == last then
@@ -106,7 +144,7 @@ if nd > 0 and redis.call('HDEL', base .. 'held', unpack(done)) ~= nd then
   runs, nruns = {}, 0
   for j = 1, k do
     local token = held[j]
-    if token and token ~= '' then
+    if token and token ~= '' and not inpiece[j] then
       if seen[members[j]] then
         held[j] = false
       else
@@ -127,7 +165,6 @@ local uniq = redis.call('EXISTS', base .. 'uniqused') == 1
 local fin, kept, recent, heads = {}, {}, {}, {}
 local nf, ok, nr = 0, 0, 0
 local failed, dead, applied = 0, 0, 0
-local byte, sub = string.byte, string.sub
 -- Successes of jobs still in their chunk are recorded in the chunk (see compact.lua): a state
 -- byte per job, 128 + k for a plain success told by the chunk's event "e<k>" (one per batch
 -- token, "finished|@started|#worker|worker"), 'f' for one recorded in `fin` (a result, or a
@@ -141,8 +178,8 @@ local function chunk_for(id)
     local f = redis.call('HMGET', ck, 'h', 's', 'E')
     local n = f[1] and tonumber(string.match(f[1], '|(%d+)$'))
     if n then
-      ch = { ck = ck, n = n, s = f[2], e = tonumber(f[3] or '0') or 0, ev = {}, new = {},
-        set = {}, settled = 0 }
+      ch = { c = c, ck = ck, n = n, s = f[2], e = tonumber(f[3] or '0') or 0, ev = {}, new = {},
+        set = {}, settled = 0, ran = 0 }
     else
       ch = false
     end
@@ -180,6 +217,7 @@ for j = 1, k do
       local ev = nil
       if idx then
         ch.settled = ch.settled + 1
+        if inpiece[j] then ch.ran = ch.ran + 1 end
         if #c == 1 then
           ev = ch.ev[head]
           if not ev and ch.e < 128 then
@@ -240,8 +278,13 @@ for _, ch in pairs(chunks) do
     local cur = redis.call('HGET', ch.ck, 's') or string.rep('.', ch.n)
     local bytes = { byte(cur, 1, ch.n) }
     for i, v in pairs(ch.set) do bytes[i] = v end
-    redis.call('HSET', ch.ck, 's', string.char(unpack(bytes, 1, ch.n)), 'E', ch.e, unpack(ch.new))
+    local states = string.char(unpack(bytes, 1, ch.n))
+    redis.call('HSET', ch.ck, 's', states, 'E', ch.e, unpack(ch.new))
     chunk_settle(ch.ck, ch.settled)
+    if ch.ran > 0 then
+      redis.call('HINCRBY', base .. 'stats', 'crun', -ch.ran)
+      pieces_settle(base, ch.c, states)
+    end
   end
 end
 if ok > 0 then

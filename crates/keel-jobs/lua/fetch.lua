@@ -48,7 +48,8 @@ local limit = tonumber(redis.call('HGET', base .. 'cfg', 'max_concurrency') or '
 if limit > 0 then
   -- (`held` also holds its sentinel, see below; `inflight`: leases written before batch leases.)
   max = math.min(max, limit - math.max(redis.call('HLEN', base .. 'held') - 1, 0)
-    - redis.call('ZCARD', base .. 'inflight'))
+    - redis.call('ZCARD', base .. 'inflight')
+    - tonumber(redis.call('HGET', base .. 'stats', 'crun') or '0'))
 end
 if max <= 0 then return {} end
 
@@ -62,15 +63,16 @@ local out = { snow }
 -- the hash is then a real hash table from its first fetch on (a listpack below 512 fields
 -- would make every lookup and delete a linear scan), and it is never emptied.
 local members, held, token = {}, { '', string.rep('-', 80) }, nil
-local ni, no = 0, 1 -- (lengths: counters are cheaper than #)
+local ni, no, nh = 0, 1, 2 -- (lengths: counters are cheaper than #)
+local crun = 0 -- chunk jobs leased
 local stale = tonumber(redis.call('GET', base .. 'stale') or '0')
 local dropped = 0
 local prios = redis.call('ZRANGE', base .. 'prios', 0, 15)
 local byte, match = string.byte, string.match
+-- (`held`'s sentinel is written only with a job of its own, see above.)
 local budget = max * 2 + 100
 -- Stale elements are skipped; the budget bounds the elements looked at.
 local sub, find = string.sub, string.find
-local CROCK = '0123456789ABCDEFGHJKMNPQRSTVWXYZ'
 local cq = 0
 for _, p in ipairs(prios) do
   if max <= 0 or budget <= 0 then break end
@@ -111,21 +113,23 @@ for _, p in ipairs(prios) do
           end
           -- `s`: a byte per job, 'x' once the job left the chunk (cancelled while queued).
           local mask = f[3] and sub(f[3], lo + 1, lo + take) or ''
-          local got = 0
-          for idx = lo, lo + take - 1 do
-            if f[3] and byte(f[3], idx + 1) == 120 then
-              dropped = dropped + 1
-            else
-              if not token then token = redis.call('INCR', base .. 'bseq') .. tpost end
-              local hi = math.floor(idx / 32) + 1
-              local lw = idx % 32 + 1
-              local m = chunk .. sub(CROCK, hi, hi) .. sub(CROCK, lw, lw) .. '|1'
-              ni = ni + 1
-              members[ni] = m
-              held[ni * 2 + 1] = m
-              held[ni * 2 + 2] = token
-              got = got + 1
+          local got = take
+          if f[3] then
+            for idx = lo, lo + take - 1 do
+              if byte(f[3], idx + 1) == 120 then
+                dropped = dropped + 1
+                got = got - 1
+              end
             end
+          end
+          if got > 0 then
+            -- One lease for the piece (see compact.lua).
+            if not token then token = redis.call('INCR', base .. 'bseq') .. tpost end
+            local cur = redis.call('HGET', base .. 'pieces', chunk) or ''
+            redis.call('HSET', base .. 'pieces', chunk, cur .. piece_entry(lo, take, token))
+            ni = ni + 1
+            members[ni] = '#' .. chunk .. '|' .. lo
+            crun = crun + got
           end
           if got > 0 then
             no = no + 1
@@ -152,8 +156,9 @@ for _, p in ipairs(prios) do
           local m = id .. '|1'
           ni = ni + 1
           members[ni] = m
-          held[ni * 2 + 1] = m
-          held[ni * 2 + 2] = token
+          nh = nh + 2
+          held[nh - 1] = m
+          held[nh] = token
           no = no + 1
           out[no] = e
           max = max - 1
@@ -183,8 +188,9 @@ for _, p in ipairs(prios) do
           local m = id .. '|' .. run
           ni = ni + 1
           members[ni] = m
-          held[ni * 2 + 1] = m
-          held[ni * 2 + 2] = token
+          nh = nh + 2
+          held[nh - 1] = m
+          held[nh] = token
           no = no + 1
           out[no] = e
           max = max - 1
@@ -214,11 +220,13 @@ if dropped > 0 and stale > 0 then
     redis.call('DEL', base .. 'stale')
   end
 end
+if crun > 0 then redis.call('HINCRBY', base .. 'stats', 'crun', crun) end
 if ni > 0 then
   -- One lease for the whole batch.
-  local nh = ni * 2 + 2
-  for s = 1, nh, 1000 do
-    redis.call('HSET', base .. 'held', unpack(held, s, math.min(s + 999, nh)))
+  if nh > 2 then
+    for s = 1, nh, 1000 do
+      redis.call('HSET', base .. 'held', unpack(held, s, math.min(s + 999, nh)))
+    end
   end
   for s = 1, ni, 1000 do
     redis.call('RPUSH', base .. 'batch:' .. token, unpack(members, s, math.min(s + 999, ni)))

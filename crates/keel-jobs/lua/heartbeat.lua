@@ -3,6 +3,7 @@
 -- mapped to its batch's token, exactly while the attempt holds the job; one HMGET checks the
 -- whole call and one ZADD XX renews each batch's token once. Leases written before batch
 -- leases (members of the `inflight` zset) are checked and renewed there.
+-- (Prepended with compact.lua.)
 -- KEYS[1] = queue base; ARGV = lease_ms, then id, attempt pairs (at most 1000 pairs)
 local base = KEYS[1]
 if #ARGV > 1 + 2000 then return redis.error_reply('at most 1000 leases per call') end
@@ -16,7 +17,39 @@ for i = 2, #ARGV, 2 do
   members[k] = ARGV[i] .. '|' .. ARGV[i + 1]
 end
 if k == 0 then return {} end
-local held = redis.call('HMGET', base .. 'held', unpack(members))
+-- Jobs of chunk pieces hold their piece's lease (see compact.lua); the others are in `held`.
+local held = {}
+local pcache = {}
+local rest, restj, nrest = {}, {}, 0
+for j = 1, k do
+  local id, att, token = ARGV[2 * j], ARGV[2 * j + 1], nil
+  if att == '1' and #id == 26 then
+    local c = string.sub(id, 1, 24)
+    local pc = pcache[c]
+    if pc == nil then
+      local pieces = pieces_of(base, c)
+      pc = false
+      if #pieces > 0 then pc = { pieces, redis.call('HGET', base .. 'ck:' .. c, 's') } end
+      pcache[c] = pc
+    end
+    if pc then
+      local _, idx = chunk_of(base, id)
+      if idx then token = piece_token(pc[1], idx) end
+      if token and pc[2] and string.byte(pc[2], idx + 1) ~= 46 then token = nil end
+    end
+  end
+  if token then
+    held[j] = token
+  else
+    nrest = nrest + 1
+    rest[nrest], restj[nrest] = members[j], j
+    held[j] = false
+  end
+end
+if nrest > 0 then
+  local h = redis.call('HMGET', base .. 'held', unpack(rest, 1, nrest))
+  for q = 1, nrest do held[restj[q]] = h[q] end
+end
 local lost, renew, seen = {}, {}, {}
 local legacy = nil
 for j = 1, k do

@@ -2,7 +2,7 @@
 -- Also drops dead-set entries older than the dead retention and succeeded jobs past their
 -- retention. All bounded by ARGV[1] (<= 1000). (Prepended with compact.lua.)
 -- Leases are per fetch batch (see fetch.lua): an expired batch's member list is popped in
--- steps of at most the remaining budget; each member still held by that batch is re-queued
+-- steps of at most the remaining budget (a chunk piece costs one per job it still runs); each member still held by that batch is re-queued
 -- (members acked, cancelled or handed back are no longer held and are skipped). A batch
 -- whose token a heartbeat renews between two steps keeps its remaining members.
 -- KEYS[1] = queue base; ARGV = limit, dead_retention_ms, recent_cap
@@ -46,10 +46,47 @@ for _, token in ipairs(expired) do
   if budget <= 0 then break end
   local list = base .. 'batch:' .. token
   local members = redis.call('LPOP', list, budget) or {}
-  budget = budget - math.max(#members, 1)
+  if #members == 0 then budget = budget - 1 end
   local gone = 0
-  for _, member in ipairs(members) do
-    if redis.call('HGET', held, member) == token then
+  for m, member in ipairs(members) do
+    if budget <= 0 then
+      -- Out of budget: the members not looked at go back (their order does not matter).
+      redis.call('LPUSH', list, unpack(members, m, #members))
+      break
+    end
+    if string.byte(member, 1) == 35 then
+      -- A chunk piece "#C|lo" (see compact.lua): its jobs still running are lost, each moved
+      -- out of the chunk (the last one ends the piece), within the budget: a piece cut short
+      -- goes back to the front of the list, with the members after it.
+      local c, lo = string.match(member, '^#([^|]+)|(%d+)$')
+      lo = tonumber(lo)
+      local cnt = nil
+      for _, pc in ipairs(c and pieces_of(base, c) or {}) do
+        if pc[1] == lo and pc[3] == token then cnt = pc[2] end
+      end
+      if cnt then
+        local states = redis.call('HGET', base .. 'ck:' .. c, 's') or string.rep('.', lo + cnt)
+        local cut = false
+        for idx = lo, lo + cnt - 1 do
+          if string.byte(states, idx + 1) == 46 then
+            if budget <= 0 then
+              cut = true
+              break
+            end
+            budget = budget - 1
+            local hi, lw = math.floor(idx / 32) + 1, idx % 32 + 1
+            lost(c .. string.sub(CROCKFORD, hi, hi) .. string.sub(CROCKFORD, lw, lw), token)
+          end
+        end
+        if cut then
+          redis.call('LPUSH', list, unpack(members, m, #members))
+          break
+        end
+      end
+    else
+      budget = budget - 1
+    end
+    if string.byte(member, 1) ~= 35 and redis.call('HGET', held, member) == token then
       redis.call('HDEL', held, member)
       gone = gone + 1
       lost(string.match(member, '^[^|]+'), token)

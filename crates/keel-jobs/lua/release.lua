@@ -9,6 +9,8 @@ for i = 1, #ARGV, 2 do
   local id, att = ARGV[i], ARGV[i + 1]
   -- The attempt holds the job exactly while its member is held (see fetch.lua).
   local token = drop_lease(base, id .. '|' .. att)
+  -- A chunk job's lease is its piece's (see compact.lua): materialize ends it.
+  if not token and att == '1' then token = chunk_lease(base, id) end
   if token then
     materialize(base, id, token ~= '' and token or nil)
     local key = base .. 'job:' .. id

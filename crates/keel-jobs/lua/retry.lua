@@ -12,7 +12,8 @@ if redis.call('HEXISTS', base .. 'fin', id) == 1 or chunk_succeeded(base, id) th
 end
 local rec = redis.call('HGET', base .. 'jobs', id) or chunk_record(base, id)
 if rec then
-  if string.byte(rec, 1) == 42 and redis.call('HEXISTS', base .. 'held', id .. '|1') == 0 then
+  if string.byte(rec, 1) == 42 and redis.call('HEXISTS', base .. 'held', id .. '|1') == 0
+      and not chunk_lease(base, id) then
     return 'queued'
   end
   return 'running'

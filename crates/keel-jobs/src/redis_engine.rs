@@ -75,6 +75,48 @@ fn chunk_element_ids(element: &str) -> Option<(&str, std::ops::Range<usize>)> {
     Some((chunk, lo..lo.saturating_add(count).min(CHUNK_MAX)))
 }
 
+/// The (lo, count) of each live piece of a chunk's `pieces` entry (see [`piece_token`]).
+fn piece_ranges(pieces: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut rest = pieces;
+    while !rest.is_empty() {
+        let mut parts = rest.splitn(4, ',');
+        let (Some(lo), Some(count), Some(len), Some(tail)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            break;
+        };
+        let (Ok(lo), Ok(count), Ok(len)) = (lo.parse(), count.parse(), len.parse::<usize>()) else {
+            break;
+        };
+        out.push((lo, count));
+        match tail.get(len..) {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The batch token of the live piece holding job `index`, from a chunk's `pieces` entry
+/// (`lo,count,#token,token` repeated, see `lua/compact.lua`).
+fn piece_token(pieces: &str, index: usize) -> Option<&str> {
+    let mut rest = pieces;
+    while !rest.is_empty() {
+        let mut parts = rest.splitn(4, ',');
+        let lo: usize = parts.next()?.parse().ok()?;
+        let count: usize = parts.next()?.parse().ok()?;
+        let len: usize = parts.next()?.parse().ok()?;
+        let tail = parts.next()?;
+        let token = tail.get(..len)?;
+        if (lo..lo.saturating_add(count)).contains(&index) {
+            return Some(token);
+        }
+        rest = tail.get(len..)?;
+    }
+    None
+}
+
 /// The chunk id and index of a job id (any ULID parses; its chunk may not exist).
 fn chunk_index(id: &str) -> Option<(&str, usize)> {
     const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -109,8 +151,20 @@ impl Scripts {
     fn new() -> Self {
         Self {
             enqueue: LuaScript::new("jobs_enqueue", include_str!("../lua/enqueue.lua")),
-            fetch: LuaScript::new("jobs_fetch", include_str!("../lua/fetch.lua")),
-            heartbeat: LuaScript::new("jobs_heartbeat", include_str!("../lua/heartbeat.lua")),
+            fetch: LuaScript::new(
+                "jobs_fetch",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/fetch.lua")
+                ),
+            ),
+            heartbeat: LuaScript::new(
+                "jobs_heartbeat",
+                concat!(
+                    include_str!("../lua/compact.lua"),
+                    include_str!("../lua/heartbeat.lua")
+                ),
+            ),
             complete: LuaScript::new(
                 "jobs_complete",
                 concat!(
@@ -300,13 +354,15 @@ impl RedisEngine {
                 .arg(format!("{base}ck:{chunk}"))
                 .arg("h")
                 .arg("s");
+            // Its chunk's live pieces: it runs while one holds it (see compact.lua).
+            pipe.cmd("HGET").arg(format!("{base}pieces")).arg(chunk);
         }
         let mut conn = self.conn();
         let values: Vec<redis::Value> = self
             .redis
             .with_timeout(async { Ok(pipe.query_async(&mut conn).await?) })
             .await?;
-        if values.len() != ids.len() * 5 {
+        if values.len() != ids.len() * 6 {
             return Err(EngineError::Corrupt("short job read reply".into()));
         }
         // (id, its own hash, its `jobs` record, fin, held token, chunk header and states)
@@ -319,19 +375,36 @@ impl RedisEngine {
         );
         let mut reads: Vec<Read> = Vec::with_capacity(ids.len());
         let mut values = values.into_iter();
-        while let (Some(map), Some(record), Some(fin), Some(token), Some(chunk)) = (
-            values.next(),
-            values.next(),
-            values.next(),
-            values.next(),
-            values.next(),
-        ) {
+        for id in ids {
+            let (Some(map), Some(record), Some(fin), Some(token), Some(chunk), Some(pieces)) = (
+                values.next(),
+                values.next(),
+                values.next(),
+                values.next(),
+                values.next(),
+                values.next(),
+            ) else {
+                break;
+            };
+            let mut token: Option<String> = from_value(token)?;
+            let chunk: (Option<String>, Option<Vec<u8>>) = from_value(chunk)?;
+            let pieces: Option<String> = from_value(pieces)?;
+            if let (None, Some(pieces), Some((_, index))) = (&token, &pieces, chunk_index(id)) {
+                let running = chunk
+                    .1
+                    .as_ref()
+                    .and_then(|s| s.get(index))
+                    .is_none_or(|&b| b == b'.');
+                if running {
+                    token = piece_token(pieces, index).map(str::to_string);
+                }
+            }
             reads.push((
                 from_value(map)?,
                 from_value(record)?,
                 from_value(fin)?,
-                from_value(token)?,
-                from_value(chunk)?,
+                token,
+                chunk,
             ));
         }
         // The records of the chunks that still hold some of these jobs, each read once.
@@ -1144,10 +1217,39 @@ impl Engine for RedisEngine {
                             self.range("ZRANGE", format!("{base}inflight"), limit)
                                 .await?,
                         );
-                        members
+                        let mut part: Vec<String> = members
                             .iter()
                             .map(|member| element_id(member).to_string())
-                            .collect()
+                            .collect();
+                        // Chunk jobs run per piece (see compact.lua): one HSCAN step of the
+                        // chunks with live pieces; `read_jobs` keeps those still running.
+                        let mut conn = self.conn();
+                        let key = format!("{base}pieces");
+                        let (_, entries): (String, Vec<String>) = self
+                            .redis
+                            .with_timeout(async {
+                                Ok(redis::cmd("HSCAN")
+                                    .arg(key)
+                                    .arg(0)
+                                    .arg("COUNT")
+                                    .arg(limit)
+                                    .query_async(&mut conn)
+                                    .await?)
+                            })
+                            .await?;
+                        for pair in entries.chunks(2) {
+                            if let [chunk, pieces] = pair {
+                                for (lo, count) in piece_ranges(pieces) {
+                                    let room = limit.saturating_sub(part.len());
+                                    part.extend(
+                                        (lo..lo.saturating_add(count).min(CHUNK_MAX))
+                                            .take(room)
+                                            .map(|i| chunk_job_id(chunk, i)),
+                                    );
+                                }
+                            }
+                        }
+                        part
                     }
                     JobState::Queued => {
                         let prios = self.range("ZRANGE", format!("{base}prios"), 16).await?;
