@@ -226,22 +226,27 @@ local function forget_done(base, now, step)
     local e = redis.call('LINDEX', dkey, 0)
     if not e or string.sub(e, 1, 13) > nowstamp then break end
     entries = entries + 1
-    local rest, nrest = nil, 0
-    for id in string.gmatch(string.sub(e, 14), '[^,]+') do
-      if n < step then
-        n = n + 1
-        ids[n] = id
-      else
-        if not rest then rest = {} end
-        nrest = nrest + 1
-        rest[nrest] = id
+    if string.byte(e, 14) == 35 then
+      -- '#': successes recorded in their chunks, which expire by themselves (see complete.lua).
+      redis.call('LPOP', dkey)
+    else
+      local rest, nrest = nil, 0
+      for id in string.gmatch(string.sub(e, 14), '[^,]+') do
+        if n < step then
+          n = n + 1
+          ids[n] = id
+        else
+          if not rest then rest = {} end
+          nrest = nrest + 1
+          rest[nrest] = id
+        end
       end
+      if rest then
+        redis.call('LSET', dkey, 0, string.sub(e, 1, 13) .. table.concat(rest, ',', 1, nrest))
+        break
+      end
+      redis.call('LPOP', dkey)
     end
-    if rest then
-      redis.call('LSET', dkey, 0, string.sub(e, 1, 13) .. table.concat(rest, ',', 1, nrest))
-      break
-    end
-    redis.call('LPOP', dkey)
   end
   if n == 0 then return 0 end
   local keys = {}

@@ -10,7 +10,8 @@
 -- (A plain success costs one argument: each costs Redis a string object and Lua a string.)
 -- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
 -- its own hash; `fin` wins over any recorded state), or, for a plain success of a job still in
--- its chunk, into the chunk (see below); each call appends one entry
+-- its chunk, into the chunk (see below); each call appends one entry (two when it recorded
+-- successes in chunks: their entry's ids follow a '#')
 -- "expiry(13 digits)" .. "id,id,..." of its successes to the queue's time-ordered `done` list;
 -- expired ids are forgotten here and by reap in bounded steps. A failure first moves a compact job into its own hash.
 -- Returns the number of acks applied.
@@ -61,7 +62,13 @@ end
 if k == 0 then return 0 end
 -- A member that names no attempt is never held: it is ignored, as a stale ack is.
 for j = 1, k do
-  local id = string.match(members[j], '^([^|]+)|%d+$')
+  local m = members[j]
+  local id
+  if #m == 28 and string.byte(m, 27) == 124 and string.byte(m, 28) == 49 then
+    id = string.sub(m, 1, 26) -- "ULID|1", the common case
+  else
+    id = string.match(m, '^([^|]+)|%d+$')
+  end
   if id then
     ids[j] = id
   else
@@ -74,10 +81,25 @@ local byte, sub = string.byte, string.sub
 local held, inpiece, claimed = {}, {}, {}
 local pcache = {}
 local rest, restj, nrest = {}, {}, 0
+-- Per ack of a 26-character id: its chunk id and index (computed once, without new strings
+-- for the index: a Crockford digit's value by its byte).
+local cids, idxs = {}, {}
+local digit = {}
+for d = 1, 32 do digit[byte(CROCKFORD, d)] = d - 1 end
+for j = 1, k do
+  local id = ids[j]
+  if #id == 26 then
+    local hi, lo = digit[byte(id, 25)], digit[byte(id, 26)]
+    if hi and lo then
+      cids[j] = sub(id, 1, 24)
+      idxs[j] = hi * 32 + lo
+    end
+  end
+end
 for j = 1, k do
   local id, token = ids[j], nil
-  if #id == 26 and #members[j] == 28 and byte(members[j], 28) == 49 then -- "id|1"
-    local c = sub(id, 1, 24)
+  if cids[j] and #members[j] == 28 and byte(members[j], 28) == 49 then -- "id|1"
+    local c = cids[j]
     local pc = pcache[c]
     if pc == nil then
       local pieces = pieces_of(base, c)
@@ -86,8 +108,8 @@ for j = 1, k do
       pcache[c] = pc
     end
     if pc then
-      local _, idx = chunk_of(base, id)
-      if idx then token = piece_token(pc[1], idx) end
+      local idx = idxs[j]
+      token = piece_token(pc[1], idx)
       if token and pc[2] and byte(pc[2], idx + 1) ~= 46 then token = nil end
       -- (An attempt acked twice in one call: only its first ack counts.)
       if token and claimed[id] then token = nil end
@@ -163,6 +185,7 @@ for r = 1, nruns, 2 do leave_batch(base, runs[r], runs[r + 1]) end
 -- Unique keys are looked up only in queues that ever used one.
 local uniq = redis.call('EXISTS', base .. 'uniqused') == 1
 local fin, kept, recent, heads = {}, {}, {}, {}
+local keptc, nkf, nkc = {}, 0, 0
 local nf, ok, nr = 0, 0, 0
 local failed, dead, applied = 0, 0, 0
 -- Successes of jobs still in their chunk are recorded in the chunk (see compact.lua): a state
@@ -170,8 +193,7 @@ local failed, dead, applied = 0, 0, 0
 -- token, "finished|@started|#worker|worker"), 'f' for one recorded in `fin` (a result, or a
 -- chunk past 128 events). `chunks`: per chunk id, what this call read and changes (false: none).
 local chunks = {}
-local function chunk_for(id)
-  local c = sub(id, 1, 24)
+local function chunk_for(c)
   local ch = chunks[c]
   if ch == nil then
     local ck = base .. 'ck:' .. c
@@ -205,11 +227,11 @@ for j = 1, k do
       end
       -- Still in its chunk (its state byte '.')?
       local ch, idx = nil, nil
-      if #id == 26 then
-        ch = chunk_for(id)
+      if cids[j] then
+        ch = chunk_for(cids[j])
         if ch then
-          local _, i = chunk_of(base, id)
-          if i and i < ch.n and not ch.set[i + 1] and (not ch.s or byte(ch.s, i + 1) == 46) then
+          local i = idxs[j]
+          if i < ch.n and not ch.set[i + 1] and (not ch.s or byte(ch.s, i + 1) == 46) then
             idx = i
           end
         end
@@ -236,7 +258,14 @@ for j = 1, k do
         if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
       end
       ok = ok + 1
-      kept[ok] = id
+      if ev then
+        -- (Recorded in its chunk, it expires with the chunk: see forget_done.)
+        nkc = nkc + 1
+        keptc[nkc] = id
+      else
+        nkf = nkf + 1
+        kept[nkf] = id
+      end
       if uniq then release_unique(redis.call('HGET', jobp .. id, 'uk'), id) end
     else
       failed = failed + 1
@@ -289,7 +318,10 @@ for _, ch in pairs(chunks) do
 end
 if ok > 0 then
   -- One entry for the whole call: the expiry, then the ids (see forget_done).
-  redis.call('RPUSH', base .. 'done', stamp .. table.concat(kept, ',', 1, ok))
+  if nkf > 0 then redis.call('RPUSH', base .. 'done', stamp .. table.concat(kept, ',', 1, nkf)) end
+  if nkc > 0 then
+    redis.call('RPUSH', base .. 'done', stamp .. '#' .. table.concat(keptc, ',', 1, nkc))
+  end
   redis.call('HINCRBY', base .. 'stats', 'succeeded', ok)
 end
 if failed > 0 then redis.call('HINCRBY', base .. 'stats', 'failed', failed) end

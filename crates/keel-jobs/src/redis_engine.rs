@@ -475,6 +475,13 @@ impl RedisEngine {
                 decode_job(id, queue, &map)?
             } else if let Some(record) = record {
                 decode_compact(id, queue, &record, token.as_deref())?
+            } else if fin.is_none()
+                && chunk_index(id)
+                    .and_then(|(_, index)| states.as_ref()?.get(index))
+                    .is_some_and(|&b| b == b'f')
+            {
+                // Succeeded as told by `fin`, whose entry has expired: forgotten.
+                continue;
             } else if let Some(record) = chunk_index(id).and_then(|(chunk, index)| {
                 let left = states.as_ref().map(|s| s.get(index)) != Some(Some(&b'x'));
                 left.then(|| chunk_job_record(id, header.as_deref()?, records.get(chunk)?, index))
@@ -1309,7 +1316,8 @@ impl Engine for RedisEngine {
                                 })
                                 .await?;
                             for entry in entries.iter().rev() {
-                                let ids = entry.get(13..).unwrap_or("");
+                                // ('#': successes recorded in their chunks, see complete.lua.)
+                                let ids = entry.get(13..).unwrap_or("").trim_start_matches('#');
                                 for id in ids.rsplit(',').filter(|id| !id.is_empty()) {
                                     if part.len() < want {
                                         part.push(id.to_string());

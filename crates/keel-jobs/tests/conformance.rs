@@ -566,6 +566,21 @@ async fn a_batch_fetched_in_parts(e: Arc<dyn Engine>) {
     );
     assert!(plain.finished_at.is_some() && plain.started_at.is_some());
     assert_eq!(e.cancel(&ids[7]).await.map_err(|_| ()), Err(()), "finished");
+    let succeeded: Vec<String> = e
+        .list(&ListFilter {
+            queue: Some("parts".into()),
+            state: Some(JobState::Succeeded),
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert!(
+        succeeded.contains(&ids[7]) && succeeded.contains(&ids[1]),
+        "plain and result successes are listed: {succeeded:?}"
+    );
     let with_result = e.get(&ids[1]).await.unwrap().unwrap();
     assert_eq!(with_result.result, Some(json!({"ok": true})));
     assert_eq!(depth(e.clone()).await.2, 8);
