@@ -24,7 +24,7 @@ def read():
     if t == b'$':
         n = int(rest)
         if n < 0: return None
-        d = f.read(n + 2)[:-2]; return d.decode()
+        d = f.read(n + 2)[:-2]; return d.decode(errors='replace')
     if t == b'*':
         n = int(rest)
         if n < 0: return None
@@ -34,7 +34,7 @@ def call(*args):
     s.sendall(enc(*args)); return read()
 def src(name):
     body = open(f'{LUA}/{name}.lua').read()
-    if name in ('complete', 'reap', 'release', 'cancel') and os.path.exists(f'{LUA}/compact.lua'):
+    if name in ('complete', 'reap', 'release', 'cancel', 'fetch') and os.path.exists(f'{LUA}/compact.lua'):
         body = open(f'{LUA}/compact.lua').read() + body
     return body
 shas = {n: call('SCRIPT', 'LOAD', src(n)) for n in ('enqueue', 'fetch', 'complete')}
@@ -44,6 +44,9 @@ base = 'lb:{q:bench}:'
 compact = os.path.exists(f'{LUA}/compact.lua')
 # Scripts that take runs of jobs and acks (a count, then the run; see enqueue.lua, complete.lua).
 runs = 'runs of' in open(f'{LUA}/enqueue.lua').read()
+# Chunks (an enqueue run of compact jobs is one chunk: priority, chunk id, retention, records).
+chunks = 'a chunk of c compact jobs' in open(f'{LUA}/enqueue.lua').read()
+def code(i): return C[i // 32] + C[i % 32]
 B = 500
 pid = [l for l in call('INFO','server').split('\r\n') if l.startswith('process_id:')][0].split(':')[1]
 def cpu():
@@ -52,7 +55,11 @@ def cpu():
 c0 = cpu()
 for r in range(ROUNDS):
     args = [B] + ([B, 0] if runs else [])
-    for j in range(B):
+    if chunks:
+        chunk = ''.join(random.choice(C) for _ in range(24))
+        recs = ['3|' + json.dumps({"k": "noop", "d": {"t": 1764100000000000 + j}, "m": 3, "t": 300000}, separators=(',', ':')) for j in range(B)]
+        args = [B, B, 0, chunk, 60000, '\n'.join(recs)]
+    for j in (range(0) if chunks else range(B)):
         i = ''.join(random.choice(C) for _ in range(26))
         spec = json.dumps({"k": "noop", "d": {"t": 1764100000000000 + j}, "m": 3, "t": 300000}, separators=(',', ':'))
         if runs: args += [i, '0|3|' + spec]
@@ -63,10 +70,17 @@ for r in range(ROUNDS):
         got = call('EVALSHA', shas['fetch'], 1, base, 'bench-0', 250, 30000, 250)
         els = got[1:]
         acks = [60000, 600000, 1000] + ([len(els)] if runs else [])
+        ids = []
         for e in els:
-            if e.startswith('*'): idv, att = e[1:].split('|')[0], '1'
+            if e.startswith('#'):
+                ch, lo, _c, _p, _n, mask, recs = e[1:].split('|', 6)
+                for i, _r in enumerate(recs.split('\n')):
+                    if not mask or mask[i] != 'x': ids.append((ch + code(int(lo) + i), '1'))
+            elif e.startswith('*'): ids.append((e[1:].split('|')[0], '1'))
             else:
-                p = e.split('|'); idv, att = p[0], str(int(p[1]) + 1)
+                p = e.split('|'); ids.append((p[0], str(int(p[1]) + 1)))
+        if runs: acks[3] = len(ids)
+        for idv, att in ids:
             if runs: acks += [idv + '|' + att]
             elif compact: acks += [idv, att, 'o']
             else: acks += [idv, att, 'ok', '']

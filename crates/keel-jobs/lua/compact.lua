@@ -4,13 +4,14 @@
 -- (Before chunks, each was a field of its queue's `jobs` hash, still read:
 --   "*ID|created|priority|max_attempts|spec", also its ready list element.) Its record reads
 -- the same either way.
--- It is running (attempt 1) while its member "ID|1" is in the `held` hash; the value there is
--- its fetch batch's token "seq|started|worker" (see fetch.lua), so a fetch writes nothing into
--- `jobs`. (Records written before batch leases may still read
--- "r" .. started .. "|" .. #worker .. "|" .. worker .. queued-record while running.)
--- Its success adds "finished|@started|#worker|worker" (+ "|result" if any) to the `fin` hash (the record stays until
--- its retention ends). Any other transition (cancel, failure, lost lease, hand-back) first moves
--- it into its own `job:ID` hash (`materialize`), where the rare states live.
+-- In a chunk it runs (attempt 1) while a live piece of its chunk holds it and its state byte
+-- is '.'; a plain success sets that byte (see below). (A `jobs` record runs while its member
+-- "ID|1" is in the `held` hash, whose value is its fetch batch's token "seq|started|worker";
+-- records written before batch leases may still read
+-- "r" .. started .. "|" .. #worker .. "|" .. worker .. queued-record while running; its success
+-- adds "finished|@started|#worker|worker" (+ "|result") to the `fin` hash.) Any other
+-- transition (cancel, failure, lost lease, hand-back) first moves it into its own `job:ID` hash
+-- (`materialize`), where the rare states live.
 
 -- The fields of a compact record, or nil when it cannot be read. `token`: the batch token
 -- holding it (running), or nil (queued).

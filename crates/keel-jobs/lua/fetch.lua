@@ -12,12 +12,14 @@
 -- An element is stale only after a cancel of a queued job, which bumps the queue's `stale`
 -- counter; while it is above zero, fetches check each job's state (and count the stale
 -- elements they drop).
+-- (Prepended with compact.lua.)
 -- Leases are per fetch batch: the batch gets a token "seq|started|worker" (seq: a per-queue
 -- counter), scored by its expiry in the `leases` zset (one ZADD per batch, renewed by
 -- heartbeats); the `held` hash maps each member "id|attempt" to that token: a job runs with
 -- that attempt exactly while its member is there, so acks and heartbeats check leases with one
 -- HMGET per call. `batch:TOKEN` lists the members for the reaper, `bcount` counts those still
--- held (see compact.lua).
+-- held (see compact.lua). A chunk's jobs are leased per piece instead: one `pieces` entry and
+-- one member "#C|lo" per piece, however many jobs it holds (see compact.lua).
 -- Returns a flat array: started_at (= now), then the elements; a job now runs the element's
 -- attempt + 1 (compact jobs: attempt 1). A chunk's jobs come as one element
 -- "#C|lo|created|priority|count|mask|records": the records of the jobs taken, joined by

@@ -4,7 +4,9 @@
 //! `ck:C` (hash per chunk: the compact jobs, i.e. enqueued ready at once without a unique key,
 //! of one enqueue run share it, with their records in one field and ids `C` + index; see
 //! `lua/compact.lua`; it expires after the retention once every job succeeded or left it),
-//! `cq` (hash priority → jobs queued in chunk elements beyond one per element), `jobs` (hash:
+//! `pieces` (hash chunk id → its live leased pieces `lo,count,#token,token`; the stats field
+//! `crun` counts the chunk jobs running), `cq` (hash priority → jobs queued in chunk elements
+//! beyond one per element), `jobs` (hash:
 //! compact jobs written before chunks), `fin` (hash: the finish
 //! time and result of every succeeded job still retained), `job:ID` (hash per job for the
 //! rare paths: delayed, unique, retrying, dead, cancelled, handed back, re-queued),

@@ -639,6 +639,68 @@ async fn a_big_expired_batch_is_reaped_in_steps(e: Arc<dyn Engine>) {
     assert_eq!((q.queued, q.running), (0, 290));
 }
 
+/// Concurrent callers: eight tasks fetch pieces of the same batches in odd sizes and ack them
+/// (some plain, some with a result) while the others fetch: every job runs exactly once, and the
+/// counters add up.
+async fn concurrent_fetchers_and_ackers_share_nothing(e: Arc<dyn Engine>) {
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..4 {
+        for i in e
+            .enqueue((0..500).map(|_| spec("conc")).collect())
+            .await
+            .unwrap()
+        {
+            ids.insert(i.id);
+        }
+    }
+    let mut tasks = Vec::new();
+    for t in 0..8usize {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut round = 0usize;
+            loop {
+                let max = 7 + (t * 13 + round * 29) % 60;
+                round += 1;
+                let batch = e.fetch("conc", &format!("w{t}"), max, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                let acks: Vec<_> = batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, j)| {
+                        if i % 3 == 0 {
+                            ok(j)
+                        } else {
+                            Completion {
+                                lease: lease(j),
+                                outcome: Outcome::Succeeded(None),
+                            }
+                        }
+                    })
+                    .collect();
+                assert_eq!(e.complete("conc", &acks).await.unwrap(), batch.len());
+                mine.extend(batch.into_iter().map(|j| j.id));
+            }
+            mine
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(seen.insert(id.clone()), "{id} ran twice");
+        }
+    }
+    assert_eq!(seen, ids);
+    let stats = e.queues().await.unwrap();
+    let q = stats.iter().find(|s| s.name == "conc").unwrap();
+    assert_eq!((q.queued, q.running, q.succeeded_total), (0, 0, 2000));
+    for id in ids.iter().take(50) {
+        assert_eq!(e.get(id).await.unwrap().unwrap().state, JobState::Succeeded);
+    }
+}
+
 async fn big_batches_lose_nothing(e: Arc<dyn Engine>) {
     let specs: Vec<_> = (0..2500).map(|_| spec("big")).collect();
     let ids = e.enqueue(specs).await.unwrap();
@@ -972,6 +1034,7 @@ conformance!(
     release_hands_back_without_counting,
     big_batches_lose_nothing,
     a_batch_fetched_in_parts,
+    concurrent_fetchers_and_ackers_share_nothing,
     a_big_expired_batch_is_reaped_in_steps,
     finished_jobs_expire with short_retention(),
     finished_batches_expire_in_bounded_steps with short_retention(),
