@@ -7,11 +7,13 @@
 --   c < 0: -c acks of any outcome, 2 fields each: member, outcome: "o" (succeeded) or
 --     "o" .. result (JSON), "f" .. backoff_ms .. "|" .. error (failed, retried while attempts
 --     remain), "x" .. error (failed, no retry).
--- (A plain success costs one argument: each costs Redis a string object and Lua a string.)
+--   "#" .. C .. indexes: plain successes of attempt 1 of the jobs C .. index (C: 24
+--     characters, each index 2 Crockford characters): one argument for many acks, and no
+--     string per job unless it is not in a live piece of chunk C.
 -- A success writes "finished[|@started|#worker|worker][|result]" into the `fin` hash (whether the job is compact or has
 -- its own hash; `fin` wins over any recorded state), or, for a plain success of a job still in
 -- its chunk, into the chunk (see below); each call appends one entry (two when it recorded
--- successes in chunks: their entry's ids follow a '#')
+-- successes in chunks: after a '#', per chunk its id and its jobs' indexes, joined by ',')
 -- "expiry(13 digits)" .. "id,id,..." of its successes to the queue's time-ordered `done` list;
 -- expired ids are forgotten here and by reap in bounded steps. A failure first moves a compact job into its own hash.
 -- Returns the number of acks applied.
@@ -32,94 +34,130 @@ end
 -- `held` hash, mapped to its fetch batch's token, exactly while that attempt holds the job
 -- (see fetch.lua).
 local n = #ARGV
+local byte, sub = string.byte, string.sub
+-- A Crockford digit's value by its byte.
+local digit = {}
+for d = 1, 32 do digit[byte(CROCKFORD, d)] = d - 1 end
+-- Per ack j: `codes[j]`, and either its member "id|attempt" (`members[j]`, `ids[j]`) or, for
+-- a plain success of attempt 1 of a 26-character id, its chunk id and index (`cids[j]`,
+-- `idxs[j]`; `grouped[j]`: its member and id are only built if needed, see member_of).
 local ids, codes, members = {}, {}, {}
+local cids, idxs, grouped = {}, {}, {}
 local k = 0
 local i = 4
 while i <= n do
-  local c = tonumber(ARGV[i])
-  if not c or c == 0 or c ~= math.floor(c) or k + math.abs(c) > 1000 then
-    return redis.error_reply('bad ack arguments (at most 1000 acks per call)')
-  end
-  if c > 0 then
-    if i + c > n then return redis.error_reply('bad ack arguments') end
-    for a = i + 1, i + c do
-      k = k + 1
-      members[k] = ARGV[a]
-      codes[k] = 'o'
+  local g = ARGV[i]
+  if byte(g, 1) == 35 then
+    -- '#': "#" .. C (24 characters) .. the indexes (2 Crockford characters each) of plain
+    -- successes of attempt 1 of the jobs C .. index.
+    local m = (#g - 25) / 2
+    if m < 1 or m ~= math.floor(m) or k + m > 1000 then
+      return redis.error_reply('bad ack arguments (at most 1000 acks per call)')
     end
-    i = i + c + 1
+    local c = sub(g, 2, 25)
+    for p = 26, #g - 1, 2 do
+      local hi, lo = digit[byte(g, p)], digit[byte(g, p + 1)]
+      if not hi or not lo then return redis.error_reply('bad ack arguments') end
+      k = k + 1
+      cids[k], idxs[k], grouped[k], codes[k] = c, hi * 32 + lo, true, 'o'
+    end
+    i = i + 1
   else
-    c = -c
-    if i + c * 2 > n then return redis.error_reply('bad ack arguments') end
-    for a = i + 1, i + c * 2, 2 do
-      k = k + 1
-      members[k] = ARGV[a]
-      codes[k] = ARGV[a + 1]
+    local c = tonumber(g)
+    if not c or c == 0 or c ~= math.floor(c) or k + math.abs(c) > 1000 then
+      return redis.error_reply('bad ack arguments (at most 1000 acks per call)')
     end
-    i = i + c * 2 + 1
+    if c > 0 then
+      if i + c > n then return redis.error_reply('bad ack arguments') end
+      for a = i + 1, i + c do
+        k = k + 1
+        members[k] = ARGV[a]
+        codes[k] = 'o'
+      end
+      i = i + c + 1
+    else
+      c = -c
+      if i + c * 2 > n then return redis.error_reply('bad ack arguments') end
+      for a = i + 1, i + c * 2, 2 do
+        k = k + 1
+        members[k] = ARGV[a]
+        codes[k] = ARGV[a + 1]
+      end
+      i = i + c * 2 + 1
+    end
   end
 end
 if k == 0 then return 0 end
 -- A member that names no attempt is never held: it is ignored, as a stale ack is.
 for j = 1, k do
-  local m = members[j]
-  local id
-  if #m == 28 and string.byte(m, 27) == 124 and string.byte(m, 28) == 49 then
-    id = string.sub(m, 1, 26) -- "ULID|1", the common case
-  else
-    id = string.match(m, '^([^|]+)|%d+$')
-  end
-  if id then
-    ids[j] = id
-  else
-    members[j], ids[j] = '|', ''
-  end
-end
--- Jobs of chunk pieces (see compact.lua) hold the lease of their piece: checked per chunk, with
--- one read of its pieces and state bytes (`inpiece[j]`). The others: one HMGET of `held`.
-local byte, sub = string.byte, string.sub
-local held, inpiece, claimed = {}, {}, {}
-local pcache = {}
-local rest, restj, nrest = {}, {}, 0
--- Per ack of a 26-character id: its chunk id and index (computed once, without new strings
--- for the index: a Crockford digit's value by its byte).
-local cids, idxs = {}, {}
-local digit = {}
-for d = 1, 32 do digit[byte(CROCKFORD, d)] = d - 1 end
-for j = 1, k do
-  local id = ids[j]
-  if #id == 26 then
-    local hi, lo = digit[byte(id, 25)], digit[byte(id, 26)]
-    if hi and lo then
-      cids[j] = sub(id, 1, 24)
-      idxs[j] = hi * 32 + lo
+  if not grouped[j] then
+    local m = members[j]
+    local id = string.match(m, '^([^|]+)|%d+$')
+    if id then
+      ids[j] = id
+      if #id == 26 then
+        local hi, lo = digit[byte(id, 25)], digit[byte(id, 26)]
+        if hi and lo then
+          cids[j] = sub(id, 1, 24)
+          idxs[j] = hi * 32 + lo
+        end
+      end
+    else
+      members[j], ids[j] = '|', ''
     end
   end
 end
+-- The id and member of ack j (built on demand for grouped acks).
+local function member_of(j)
+  if not members[j] then
+    local x = idxs[j]
+    local hi, lo = math.floor(x / 32) + 1, x % 32 + 1
+    ids[j] = cids[j] .. sub(CROCKFORD, hi, hi) .. sub(CROCKFORD, lo, lo)
+    members[j] = ids[j] .. '|1'
+  end
+  return members[j]
+end
+local function id_of(j)
+  member_of(j)
+  return ids[j]
+end
+-- Jobs of chunk pieces (see compact.lua) hold the lease of their piece: checked per chunk, with
+-- one read of its pieces and state bytes (`inpiece[j]`). The others: one HMGET of `held`.
+local held, inpiece = {}, {}
+local pcache = {}
+local claimed = {} -- per chunk id, the indexes already acked in this call
+local rest, restj, nrest = {}, {}, 0
 for j = 1, k do
-  local id, token = ids[j], nil
-  if cids[j] and #members[j] == 28 and byte(members[j], 28) == 49 then -- "id|1"
-    local c = cids[j]
+  local token = nil
+  local c = cids[j]
+  if c and (grouped[j] or (#members[j] == 28 and byte(members[j], 28) == 49)) then -- attempt 1
     local pc = pcache[c]
     if pc == nil then
       local pieces = pieces_of(base, c)
       pc = false
       if #pieces > 0 then pc = { pieces, redis.call('HGET', base .. 'ck:' .. c, 's') } end
       pcache[c] = pc
+      claimed[c] = {}
     end
     if pc then
       local idx = idxs[j]
       token = piece_token(pc[1], idx)
       if token and pc[2] and byte(pc[2], idx + 1) ~= 46 then token = nil end
       -- (An attempt acked twice in one call: only its first ack counts.)
-      if token and claimed[id] then token = nil end
+      if token then
+        if claimed[c][idx] then
+          token = nil
+        else
+          claimed[c][idx] = true
+        end
+      end
     end
   end
   if token then
-    held[j], inpiece[j], claimed[id] = token, true, true
+    held[j], inpiece[j] = token, true
   else
     nrest = nrest + 1
-    rest[nrest], restj[nrest] = members[j], j
+    rest[nrest], restj[nrest] = member_of(j), j
     held[j] = false
   end
 end
@@ -185,7 +223,7 @@ for r = 1, nruns, 2 do leave_batch(base, runs[r], runs[r + 1]) end
 -- Unique keys are looked up only in queues that ever used one.
 local uniq = redis.call('EXISTS', base .. 'uniqused') == 1
 local fin, kept, recent, heads = {}, {}, {}, {}
-local keptc, nkf, nkc = {}, 0, 0
+local nkf = 0
 local nf, ok, nr = 0, 0, 0
 local failed, dead, applied = 0, 0, 0
 -- Successes of jobs still in their chunk are recorded in the chunk (see compact.lua): a state
@@ -201,7 +239,7 @@ local function chunk_for(c)
     local n = f[1] and tonumber(string.match(f[1], '|(%d+)$'))
     if n then
       ch = { c = c, ck = ck, n = n, s = f[2], e = tonumber(f[3] or '0') or 0, ev = {}, new = {},
-        set = {}, settled = 0, ran = 0 }
+        set = {}, settled = 0, ran = 0, done = {} }
     else
       ch = false
     end
@@ -212,7 +250,7 @@ end
 for j = 1, k do
   if held[j] then
     applied = applied + 1
-    local id, c = ids[j], codes[j]
+    local c = codes[j]
     if byte(c, 1) == 111 then -- 'o'
       -- A compact job's record does not say when and where it ran (its batch token did):
       -- "finished|@started|#worker|worker[|result]", the prefix built once per batch.
@@ -253,6 +291,7 @@ for j = 1, k do
         ch.set[idx + 1] = ev and 128 + ev or 102 -- 'f'
       end
       if not ev then
+        local id = id_of(j)
         nf = nf + 2
         fin[nf - 1] = id
         if #c == 1 then fin[nf] = head else fin[nf] = head .. '|' .. sub(c, 2) end
@@ -260,14 +299,17 @@ for j = 1, k do
       ok = ok + 1
       if ev then
         -- (Recorded in its chunk, it expires with the chunk: see forget_done.)
-        nkc = nkc + 1
-        keptc[nkc] = id
+        ch.done[#ch.done + 1] = idx
       else
         nkf = nkf + 1
-        kept[nkf] = id
+        kept[nkf] = id_of(j)
       end
-      if uniq then release_unique(redis.call('HGET', jobp .. id, 'uk'), id) end
+      -- (A job still in its chunk has no unique key.)
+      if uniq and not idx then
+        release_unique(redis.call('HGET', jobp .. id_of(j), 'uk'), id_of(j))
+      end
     else
+      local id = id_of(j)
       failed = failed + 1
       materialize(base, id, held[j] ~= '' and held[j] or nil)
       local key = jobp .. id
@@ -319,8 +361,21 @@ end
 if ok > 0 then
   -- One entry for the whole call: the expiry, then the ids (see forget_done).
   if nkf > 0 then redis.call('RPUSH', base .. 'done', stamp .. table.concat(kept, ',', 1, nkf)) end
-  if nkc > 0 then
-    redis.call('RPUSH', base .. 'done', stamp .. '#' .. table.concat(keptc, ',', 1, nkc))
+  -- Successes recorded in chunks: per chunk, its id then its jobs' indexes (2 characters
+  -- each), the chunks joined by ','.
+  local groups = {}
+  for _, ch in pairs(chunks) do
+    if ch and #ch.done > 0 then
+      local codes = {}
+      for q, x in ipairs(ch.done) do
+        codes[2 * q - 1] = byte(CROCKFORD, math.floor(x / 32) + 1)
+        codes[2 * q] = byte(CROCKFORD, x % 32 + 1)
+      end
+      groups[#groups + 1] = ch.c .. string.char(unpack(codes))
+    end
+  end
+  if #groups > 0 then
+    redis.call('RPUSH', base .. 'done', stamp .. '#' .. table.concat(groups, ','))
   end
   redis.call('HINCRBY', base .. 'stats', 'succeeded', ok)
 end

@@ -1041,12 +1041,32 @@ impl Engine for RedisEngine {
             args.push(ms(self.config.retention).to_string());
             args.push(ms(self.config.dead_retention).to_string());
             args.push(self.config.recent_cap.to_string());
+            // Plain successes of attempt 1 go by chunk id (see complete.lua): "#" .. the first
+            // 24 characters of their ids .. the last 2 of each (for a job of a chunk, its
+            // index), one argument per chunk.
+            let mut groups: Vec<String> = Vec::new();
+            let mut group_of: HashMap<&str, usize> = HashMap::new();
+            let mut others: Vec<&Completion> = Vec::with_capacity(chunk.len());
+            for c in chunk {
+                let plain = matches!(c.outcome, Outcome::Succeeded(None)) && c.lease.attempt == 1;
+                match chunk_index(&c.lease.id).filter(|_| plain) {
+                    Some((prefix, _)) => {
+                        let at = *group_of.entry(prefix).or_insert_with(|| {
+                            groups.push(format!("#{prefix}"));
+                            groups.len() - 1
+                        });
+                        groups[at].push_str(&c.lease.id[24..]);
+                    }
+                    None => others.push(c),
+                }
+            }
+            args.extend(groups);
             // Runs (see complete.lua): a count, then the run's acks; plain successes send only
             // their member "id|attempt", other outcomes the member and the outcome.
             let mut run_at = 0;
             let mut run: Option<bool> = None;
             let mut run_len: i64 = 0;
-            for c in chunk {
+            for c in others {
                 let plain = matches!(c.outcome, Outcome::Succeeded(None));
                 if run != Some(plain) {
                     if let Some(p) = run {
@@ -1319,10 +1339,33 @@ impl Engine for RedisEngine {
                                 .await?;
                             for entry in entries.iter().rev() {
                                 // ('#': successes recorded in their chunks, see complete.lua.)
-                                let ids = entry.get(13..).unwrap_or("").trim_start_matches('#');
-                                for id in ids.rsplit(',').filter(|id| !id.is_empty()) {
-                                    if part.len() < want {
-                                        part.push(id.to_string());
+                                let ids = entry.get(13..).unwrap_or("");
+                                match ids.strip_prefix('#') {
+                                    // Per chunk: its id, then its jobs' indexes (see
+                                    // complete.lua).
+                                    Some(groups) => {
+                                        for group in groups.rsplit(',') {
+                                            let (Some(chunk), Some(codes)) =
+                                                (group.get(..24), group.get(24..))
+                                            else {
+                                                continue;
+                                            };
+                                            for code in codes.as_bytes().chunks(2).rev() {
+                                                if part.len() < want && code.len() == 2 {
+                                                    let mut id = String::with_capacity(26);
+                                                    id.push_str(chunk);
+                                                    id.extend(code.iter().map(|&b| b as char));
+                                                    part.push(id);
+                                                }
+                                            }
+                                        }
+                                    }
+                                    None => {
+                                        for id in ids.rsplit(',').filter(|id| !id.is_empty()) {
+                                            if part.len() < want {
+                                                part.push(id.to_string());
+                                            }
+                                        }
                                     }
                                 }
                             }
