@@ -43,6 +43,10 @@ pub const MAX_BATCH: usize = 500;
 /// Most jobs in one chunk: a chunk job's index is 2 Crockford characters (see `lua/compact.lua`).
 const CHUNK_MAX: usize = 1024;
 
+/// A chunk takes no more jobs once its records reach this size, so that a fetch or a read of
+/// one job never copies more than about this much (payloads can be large).
+const CHUNK_MAX_BYTES: usize = 1 << 20;
+
 /// The id of job `index` of chunk `chunk` (24 characters): the chunk id and the index in 2
 /// Crockford characters, so that the whole is a ULID.
 fn chunk_job_id(chunk: &str, index: usize) -> String {
@@ -572,7 +576,8 @@ impl RedisEngine {
         for spec in specs {
             let compact = spec.unique_key.is_none() && spec.delay_ms == 0 && spec.run_at.is_none();
             let key = (compact, if compact { spec.priority } else { 0 });
-            if run != Some(key) || (compact && run_len as usize >= CHUNK_MAX) {
+            let full = run_len as usize >= CHUNK_MAX || blob.len() >= CHUNK_MAX_BYTES;
+            if run != Some(key) || (compact && full) {
                 if run.is_some() {
                     args[run_at] = run_count(key_of(run), run_len);
                     if key_of(run) {

@@ -1156,3 +1156,34 @@ async fn redis_settled_chunks_expire() {
     assert!(left > 0 && left <= 24 * 3600 * 1000, "expires: {left}");
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
 }
+
+/// Redis only: a chunk stops taking jobs at about 1 MiB of records, so large payloads spread
+/// over several chunks, and every job still runs once.
+#[tokio::test]
+async fn redis_chunks_are_bounded_in_bytes() {
+    let fixture = redis(EngineConfig::default()).await;
+    let e = fixture.engine.clone();
+    let big = "x".repeat(400_000);
+    let ids: Vec<String> = e
+        .enqueue(
+            (0..6)
+                .map(|i| JobSpec::new("noop", json!({"i": i, "pad": big})).queue("bytes"))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let chunks: std::collections::HashSet<&str> = ids.iter().map(|id| &id[..24]).collect();
+    assert!(chunks.len() >= 2, "6 × 400 kB in one chunk");
+    let jobs = e.fetch("bytes", "w", 100, LEASE).await.unwrap();
+    let got: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(jobs
+        .iter()
+        .enumerate()
+        .all(|(i, j)| j.payload["i"] == json!(i)));
+    let acks: Vec<_> = jobs.iter().map(ok).collect();
+    assert_eq!(e.complete("bytes", &acks).await.unwrap(), 6);
+}
